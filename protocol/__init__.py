@@ -1,0 +1,17 @@
+"""The contract between the generator and the trainer: messages, bucket I/O, part format.
+
+Both Jobs import this package and nothing of each other's.
+"""
+
+from .errors import (
+    EXIT_INVALID, EXIT_OK, EXIT_OTHER, EXIT_PEER, AlreadyPublished, CorruptData,
+    InvalidInput, MessageError, PeerError, WaitTimeout,
+)
+from .layout import RunDir
+from .messages import PROTOCOL_VERSION, Command, DatasetMeta, DatasetSpec, PartInfo, Ready, Status
+
+__all__ = [
+    "EXIT_INVALID", "EXIT_OK", "EXIT_OTHER", "EXIT_PEER", "AlreadyPublished", "CorruptData",
+    "InvalidInput", "MessageError", "PeerError", "WaitTimeout", "RunDir", "PROTOCOL_VERSION",
+    "Command", "DatasetMeta", "DatasetSpec", "PartInfo", "Ready", "Status",
+]

@@ -1,0 +1,40 @@
+"""What both console scripts share: log format and the mapping of errors to exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from .errors import EXIT_OK, exit_code_for
+
+log = logging.getLogger("ncf")
+
+
+def configure_logging(side: str) -> None:
+    # One line per event, timestamped, no colour: reads well in `kubectl logs`.
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s {side} %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        force=True,
+    )
+
+
+def run(side: str, main: Callable[[], None]) -> None:
+    """Runs main and exits with the documented code: 0 done, 2 invalid input, 3 peer, 1 other."""
+    configure_logging(side)
+    try:
+        main()
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        sys.exit(130)
+    except Exception as error:
+        code = exit_code_for(error)
+        if code == 1:  # unexpected: the traceback is what a person needs
+            log.exception("failed: %s", error)
+        else:
+            log.error("%s", str(error).splitlines()[0] if str(error) else type(error).__name__)
+        sys.exit(code)
+    sys.exit(EXIT_OK)

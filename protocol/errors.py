@@ -1,0 +1,48 @@
+"""The error types both Jobs raise, each tied to one exit code (DESIGN.md "Exit codes").
+
+0 done; 2 invalid input or configuration (the chart's podFailurePolicy fails the Job at
+once, no retry); 3 the other side failed or timed out; 1 anything else (retried).
+"""
+
+EXIT_OK = 0
+EXIT_OTHER = 1
+EXIT_INVALID = 2
+EXIT_PEER = 3
+
+
+class InvalidInput(Exception):
+    """Bad input or configuration: retrying cannot help. Exit code 2."""
+
+    exit_code = EXIT_INVALID
+
+
+class MessageError(InvalidInput):
+    """A protocol message (or one of its fields) is not what the contract says."""
+
+    def __init__(self, source: str, field: str | None, expected: str, got: object = None):
+        self.source, self.field, self.expected = source, field, expected
+        where = f"{source}: field '{field}'" if field else source
+        detail = f", got {got!r}" if got is not None else ""
+        super().__init__(f"{where}: expected {expected}{detail}")
+
+
+class CorruptData(InvalidInput):
+    """A part whose size, checksum or layout does not match what its ready.json lists."""
+
+
+class AlreadyPublished(FileExistsError):
+    """publish_once found the name taken: somebody published it first."""
+
+
+class PeerError(Exception):
+    """The other Job failed, went silent, or never appeared. Exit code 3."""
+
+    exit_code = EXIT_PEER
+
+
+class WaitTimeout(PeerError):
+    """Waited for a file longer than allowed; the message names what and for how long."""
+
+
+def exit_code_for(error: BaseException) -> int:
+    return getattr(error, "exit_code", EXIT_OTHER)

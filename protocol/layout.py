@@ -1,0 +1,66 @@
+"""Where everything of a run lives under --data-dir (DESIGN.md "The run directory")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .storage import join
+
+
+@dataclass(frozen=True)
+class RunDir:
+    url: str  # local path or gs://bucket/prefix
+
+    @property
+    def command(self) -> str:
+        return join(self.url, "command.json")
+
+    def status(self, side: str) -> str:
+        return join(self.url, "status", f"{side}.json")
+
+    @property
+    def dataset(self) -> str:
+        return join(self.url, "dataset")
+
+    @property
+    def meta(self) -> str:
+        return join(self.url, "dataset", "meta.json")
+
+    @property
+    def eval_dir(self) -> str:
+        return join(self.url, "dataset", "eval")
+
+    @property
+    def epochs_dir(self) -> str:
+        return join(self.url, "epochs")
+
+    def epoch_dir(self, epoch: int) -> str:
+        return join(self.url, "epochs", f"{epoch:06d}")
+
+    @staticmethod
+    def ready(folder: str) -> str:
+        return join(folder, "ready.json")
+
+    @staticmethod
+    def part_name(index: int) -> str:
+        return f"part-{index:05d}"
+
+    @property
+    def checkpoints(self) -> str:
+        return join(self.url, "checkpoints")
+
+    @property
+    def metrics(self) -> str:
+        return join(self.url, "metrics.jsonl")
+
+    @property
+    def result(self) -> str:
+        return join(self.url, "result.json")
+
+    @property
+    def report(self) -> str:
+        return join(self.url, "report.png")
+
+    @property
+    def model(self) -> str:
+        return join(self.url, "model")

@@ -1,0 +1,266 @@
+"""The messages of the run directory as typed, versioned records.
+
+Every message is a frozen dataclass. `from_json` checks the document strictly: JSON
+syntax, every field present, no unknown field, each field's type, then the bounds of
+`validate`. Any failure raises MessageError naming the file, the field and what was
+expected, so both Jobs fail the same way (exit code 2) on the same bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from .errors import MessageError
+
+PROTOCOL_VERSION = 1
+DATASETS = ("ml-100k", "ml-1m", "ml-20m", "synthetic-small", "synthetic-20m")
+EVAL_MODES = ("mlperf", "paper")
+STATES = ("starting", "waiting", "preprocessing", "generating", "training", "done", "failed")
+SIDES = ("generator", "trainer")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def at_least(minimum: float, **kwargs: Any) -> Any:
+    """A dataclass field whose value must be >= minimum (checked by from_json and __post_init__)."""
+    return field(metadata={"min": minimum}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of all records: strict JSON round trip plus per-class bounds."""
+
+    source_name: ClassVar[str] = "message"
+
+    def __post_init__(self) -> None:
+        self._check_bounds(self.source_name)
+        self.validate(self.source_name)
+
+    def validate(self, source: str) -> None:
+        """Cross-field checks; subclasses raise MessageError(source, field, expected)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, text: bytes | str, source: str | None = None) -> typing.Self:
+        source = source or cls.source_name
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise MessageError(source, None, f"valid JSON ({error})") from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str, prefix: str = "") -> typing.Self:
+        if not isinstance(data, dict):
+            raise MessageError(source, prefix.rstrip(".") or None, "a JSON object", type(data).__name__)
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise MessageError(source, prefix + unknown[0], f"only known fields ({', '.join(names)})")
+        values = {}
+        for name in names:
+            if name not in data:
+                raise MessageError(source, prefix + name, "a value (the field is required)")
+            values[name] = _convert(data[name], hints[name], source, prefix + name)
+        record = object.__new__(cls)
+        for name, value in values.items():
+            object.__setattr__(record, name, value)
+        record._check_bounds(source, prefix)
+        record.validate(source)
+        return record
+
+    def _check_bounds(self, source: str, prefix: str = "") -> None:
+        for f in dataclasses.fields(self):
+            minimum = f.metadata.get("min")
+            value = getattr(self, f.name)
+            if minimum is not None and value is not None and value < minimum:
+                raise MessageError(source, prefix + f.name, f"a number >= {minimum}", value)
+
+
+def _convert(value: Any, hint: Any, source: str, name: str) -> Any:
+    """Checks one JSON value against a type hint and returns it in its Python form."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, source, name)
+    if origin is Literal:
+        if value not in args:
+            raise MessageError(source, name, "one of " + ", ".join(map(repr, args)), value)
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise MessageError(source, name, "a list", value)
+        return [_convert(v, args[0], source, f"{name}[{i}]") for i, v in enumerate(value)]
+    if isinstance(hint, type) and issubclass(hint, Message):
+        return hint.from_dict(value, source, name + ".")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MessageError(source, name, "a number", value)
+        return float(value)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise MessageError(source, name, "an integer", value)
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise MessageError(source, name, f"a {'string' if hint is str else 'boolean'}", value)
+    return value
+
+
+def _check_protocol(version: int, source: str) -> None:
+    if version != PROTOCOL_VERSION:
+        raise MessageError(source, "protocol", f"version {PROTOCOL_VERSION}", version)
+
+
+def _check_run_id(run_id: str, source: str) -> None:
+    if not _RUN_ID.match(run_id):
+        raise MessageError(source, "run_id", "letters, digits, '.', '_' or '-' (1 to 128)", run_id)
+
+
+@dataclass(frozen=True)
+class DatasetSpec(Message):
+    """Which ratings to train on: a known dataset and optionally where its raw file lies."""
+
+    source_name: ClassVar[str] = "dataset"
+    name: Literal["ml-100k", "ml-1m", "ml-20m", "synthetic-small", "synthetic-20m"]
+    ratings: str | None = None  # local path or gs:// URL; None: download (MovieLens) or synthesize
+
+    def validate(self, source: str) -> None:
+        if self.name not in DATASETS:
+            raise MessageError(source, "dataset.name", "one of " + ", ".join(DATASETS), self.name)
+        if self.name.startswith("synthetic") and self.ratings is not None:
+            raise MessageError(source, "dataset.ratings", "null for a synthetic dataset", self.ratings)
+
+
+@dataclass(frozen=True)
+class Command(Message):
+    """command.json: what the trainer asks the generator to produce. Written once."""
+
+    source_name: ClassVar[str] = "command.json"
+    run_id: str
+    dataset: DatasetSpec
+    epochs: int = at_least(1, default=20)
+    num_neg: int = at_least(1, default=4)
+    train_batch_size: int = at_least(1, default=2048)
+    eval_negatives: int = at_least(1, default=999)
+    eval_mode: Literal["mlperf", "paper"] = "mlperf"
+    seed: int = at_least(0, default=0)
+    buffer_epochs: int = at_least(1, default=3)
+    protocol: int = PROTOCOL_VERSION
+
+    def validate(self, source: str) -> None:
+        _check_protocol(self.protocol, source)
+        _check_run_id(self.run_id, source)
+        if self.eval_mode not in EVAL_MODES:
+            raise MessageError(source, "eval_mode", "one of " + ", ".join(EVAL_MODES), self.eval_mode)
+
+    def check_against(self, meta: DatasetMeta, source: str | None = None) -> None:
+        """Bounds that need the dataset: negatives must fit in the item catalogue."""
+        source = source or self.source_name
+        for name in ("num_neg", "eval_negatives"):
+            value = getattr(self, name)
+            if value >= meta.num_items:
+                raise MessageError(
+                    source, name, f"fewer than the {meta.num_items} items of {meta.dataset}", value
+                )
+
+    def differences(self, other: Command) -> list[str]:
+        """Names of the settings (everything but run_id) in which two commands differ."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in mine if k != "run_id" and mine[k] != theirs[k]]
+
+
+@dataclass(frozen=True)
+class PartInfo(Message):
+    """One part file as listed in a ready.json."""
+
+    source_name: ClassVar[str] = "part"
+    name: str
+    num_examples: int = at_least(0)
+    size: int = at_least(0)
+    crc32c: int = at_least(0)
+
+    def validate(self, source: str) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise MessageError(source, "parts.name", "a plain file name in the same folder", self.name)
+
+
+@dataclass(frozen=True)
+class Ready(Message):
+    """ready.json of one epoch (kind 'train') or of the eval data (kind 'eval', epoch null).
+
+    Written last and create-only: a folder without it is unfinished and ignored.
+    """
+
+    source_name: ClassVar[str] = "ready.json"
+    run_id: str
+    kind: Literal["train", "eval"]
+    epoch: int | None
+    num_examples: int = at_least(0)
+    parts: list[PartInfo] = field(default_factory=list)
+    record_format: int = 1
+    protocol: int = PROTOCOL_VERSION
+
+    def validate(self, source: str) -> None:
+        _check_protocol(self.protocol, source)
+        _check_run_id(self.run_id, source)
+        if (self.kind == "eval") != (self.epoch is None):
+            raise MessageError(source, "epoch", "null for eval data and an epoch number for training data", self.epoch)
+        if self.epoch is not None and self.epoch < 0:
+            raise MessageError(source, "epoch", "a number >= 0", self.epoch)
+        if sum(p.num_examples for p in self.parts) != self.num_examples:
+            raise MessageError(source, "num_examples", "the sum of the parts' num_examples", self.num_examples)
+        if len({p.name for p in self.parts}) != len(self.parts):
+            raise MessageError(source, "parts", "distinct part names")
+
+
+@dataclass(frozen=True)
+class DatasetMeta(Message):
+    """dataset/meta.json: the preprocessed dataset's shape, for the trainer to build its model."""
+
+    source_name: ClassVar[str] = "meta.json"
+    run_id: str
+    dataset: str
+    fingerprint: str  # of the raw ratings (or the synthetic recipe): keys the preprocessing cache
+    num_users: int = at_least(1)
+    num_items: int = at_least(2)
+    num_ratings: int = at_least(0)  # raw rows read
+    num_train: int = at_least(0)  # training positives after the split
+    protocol: int = PROTOCOL_VERSION
+
+    def validate(self, source: str) -> None:
+        _check_protocol(self.protocol, source)
+        _check_run_id(self.run_id, source)
+
+
+@dataclass(frozen=True)
+class Status(Message):
+    """status/<side>.json: a heartbeat with the side's state, rewritten while it runs."""
+
+    source_name: ClassVar[str] = "status.json"
+    side: Literal["generator", "trainer"]
+    state: Literal["starting", "waiting", "preprocessing", "generating", "training", "done", "failed"]
+    run_id: str | None
+    epoch: int | None  # the epoch being worked on, if any
+    epochs_done: int = at_least(0)  # generator: epochs made ready; trainer: epochs consumed
+    time: float = 0.0  # writer's wall clock; readers judge staleness by their own clock
+    host: str = ""
+    pid: int = 0
+    examples_per_s: float | None = None
+    message: str | None = None  # what it is doing or, when failed, why
+    protocol: int = PROTOCOL_VERSION
+
+    def validate(self, source: str) -> None:
+        _check_protocol(self.protocol, source)
+        if self.run_id is not None:
+            _check_run_id(self.run_id, source)
