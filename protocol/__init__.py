@@ -8,10 +8,10 @@ from .errors import (
     InvalidInput, MessageError, PeerError, WaitTimeout,
 )
 from .layout import RunDir
-from .messages import PROTOCOL_VERSION, Command, DatasetMeta, DatasetSpec, PartInfo, Ready, Status
+from .messages import PROTOCOL_VERSION, Command, DatasetMeta, DatasetSpec, EpochMetrics, PartInfo, Ready, Result, Status
 
 __all__ = [
     "EXIT_INVALID", "EXIT_OK", "EXIT_OTHER", "EXIT_PEER", "AlreadyPublished", "CorruptData",
     "InvalidInput", "MessageError", "PeerError", "WaitTimeout", "RunDir", "PROTOCOL_VERSION",
-    "Command", "DatasetMeta", "DatasetSpec", "PartInfo", "Ready", "Status",
+    "Command", "DatasetMeta", "DatasetSpec", "EpochMetrics", "PartInfo", "Ready", "Result", "Status",
 ]

@@ -264,3 +264,45 @@ class Status(Message):
         _check_protocol(self.protocol, source)
         if self.run_id is not None:
             _check_run_id(self.run_id, source)
+
+
+@dataclass(frozen=True)
+class EpochMetrics(Message):
+    """One line of metrics.jsonl, appended by the trainer after each epoch."""
+
+    source_name: ClassVar[str] = "metrics.jsonl"
+    epoch: int = at_least(0)
+    hr_at_10: float = at_least(0.0)
+    ndcg_at_10: float = at_least(0.0)
+    loss: float
+    examples_per_s: float = at_least(0.0)  # training examples per second of training time
+    data_wait_s: float = at_least(0.0)  # seconds the trainer waited for this epoch's data
+    train_s: float = at_least(0.0)
+    eval_s: float = at_least(0.0)
+    time: float  # wall clock when the epoch finished
+
+    def to_line(self) -> bytes:
+        return (json.dumps(self.to_dict(), sort_keys=True) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class Result(Message):
+    """result.json: the run's outcome, written once by the trainer at the end."""
+
+    source_name: ClassVar[str] = "result.json"
+    run_id: str
+    dataset: str
+    epochs_trained: int = at_least(0)
+    best_epoch: int | None = None
+    best_hr_at_10: float = at_least(0.0, default=0.0)
+    best_ndcg_at_10: float = at_least(0.0, default=0.0)
+    last_hr_at_10: float = at_least(0.0, default=0.0)
+    last_ndcg_at_10: float = at_least(0.0, default=0.0)
+    target_hr: float | None = None
+    reached_target: bool = False
+    wall_s: float = at_least(0.0, default=0.0)
+    protocol: int = PROTOCOL_VERSION
+
+    def validate(self, source: str) -> None:
+        _check_protocol(self.protocol, source)
+        _check_run_id(self.run_id, source)
