@@ -1,0 +1,100 @@
+"""The protocol messages: strict parsing with errors that name the file, the field and what was expected."""
+
+import json
+
+import pytest
+
+from protocol import Command, DatasetMeta, DatasetSpec, MessageError, PartInfo, Ready, Status
+from protocol.errors import EXIT_INVALID, exit_code_for
+
+
+def command(**changes) -> Command:
+    fields = dict(run_id="run-1", dataset=DatasetSpec("ml-1m", "gs://b/ratings.dat"))
+    return Command(**{**fields, **changes})
+
+
+def test_command_round_trips_through_json():
+    original = command(epochs=7, eval_mode="paper")
+    assert Command.from_json(original.to_json()) == original
+
+
+def command_with(change) -> str:
+    document = json.loads(command().to_json())
+    change(document)
+    return json.dumps(document)
+
+
+@pytest.mark.parametrize(
+    "text, field, expected",
+    [
+        ("{not json", None, "valid JSON"),
+        ("[1, 2]", None, "a JSON object"),
+        (command_with(lambda d: d.pop("seed")), "seed", "required"),
+        (command_with(lambda d: d.update(learning_rate=0.1)), "learning_rate", "only known fields"),
+        (command_with(lambda d: d.update(train_batch_size=-5)), "train_batch_size", ">= 1"),
+        (command_with(lambda d: d.update(epochs="10")), "epochs", "an integer"),
+        (command_with(lambda d: d.update(epochs=True)), "epochs", "an integer"),
+        (command_with(lambda d: d.update(eval_mode="fast")), "eval_mode", "'mlperf', 'paper'"),
+        (command_with(lambda d: d["dataset"].update(name="ml-5m")), "dataset.name", "one of"),
+        (command_with(lambda d: d["dataset"].pop("ratings")), "dataset.ratings", "required"),
+        (command_with(lambda d: d.update(protocol=2)), "protocol", "version 1"),
+        (command_with(lambda d: d.update(run_id="../etc")), "run_id", "letters, digits"),
+    ],
+)
+def test_invalid_command_names_file_field_and_expectation(text, field, expected):
+    with pytest.raises(MessageError) as caught:
+        Command.from_json(text, source="gs://bucket/run/command.json")
+    message = str(caught.value)
+    assert message.startswith("gs://bucket/run/command.json")
+    assert expected in message
+    if field:
+        assert f"'{field}'" in message
+    assert "\n" not in message
+    assert exit_code_for(caught.value) == EXIT_INVALID
+
+
+def test_negatives_must_fit_the_item_catalogue():
+    meta = DatasetMeta(run_id="run-1", dataset="ml-100k", fingerprint="f", num_users=943,
+                       num_items=1682, num_ratings=100000, num_train=99057)
+    command(num_neg=4, eval_negatives=999).check_against(meta)
+    with pytest.raises(MessageError, match="'num_neg'.*1682 items"):
+        command(num_neg=1682).check_against(meta)
+    with pytest.raises(MessageError, match="'eval_negatives'"):
+        command(eval_negatives=5000).check_against(meta)
+
+
+def test_differences_lists_settings_not_run_id():
+    assert command().differences(command(run_id="other")) == []
+    assert command().differences(command(epochs=3, seed=9)) == ["epochs", "seed"]
+
+
+def test_ready_counts_must_add_up():
+    part = PartInfo(name="part-00000", num_examples=10, size=100, crc32c=1)
+    Ready(run_id="r", kind="train", epoch=0, num_examples=10, parts=[part])
+    with pytest.raises(MessageError, match="'num_examples'"):
+        Ready(run_id="r", kind="train", epoch=0, num_examples=11, parts=[part])
+    with pytest.raises(MessageError, match="'epoch'"):
+        Ready(run_id="r", kind="eval", epoch=3, num_examples=10, parts=[part])
+    with pytest.raises(MessageError, match="distinct part names"):
+        Ready(run_id="r", kind="train", epoch=0, num_examples=20, parts=[part, part])
+
+
+def test_part_names_cannot_escape_their_folder():
+    document = json.loads(Ready(run_id="r", kind="eval", epoch=None, num_examples=0).to_json())
+    document["parts"] = [{"name": "../../command.json", "num_examples": 0, "size": 1, "crc32c": 0}]
+    with pytest.raises(MessageError, match="plain file name"):
+        Ready.from_json(json.dumps(document), source="ready.json")
+
+
+def test_nested_field_errors_carry_their_path():
+    document = json.loads(Ready(run_id="r", kind="eval", epoch=None, num_examples=0).to_json())
+    document["parts"] = [{"name": "p", "num_examples": 0, "size": -1, "crc32c": 0}]
+    with pytest.raises(MessageError, match=r"'parts\[0\].size'"):
+        Ready.from_json(json.dumps(document))
+
+
+def test_status_accepts_only_known_states():
+    status = Status(side="trainer", state="training", run_id="r", epoch=2, epochs_done=2)
+    assert Status.from_json(status.to_json()) == status
+    with pytest.raises(MessageError, match="'state'"):
+        Status.from_json(status.to_json().replace(b'"training"', b'"sleeping"'))

@@ -1,0 +1,161 @@
+"""Bucket I/O on a local directory and on the real fake-gcs-server (the `run_url` fixture)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from protocol import AlreadyPublished, Command, DatasetSpec, InvalidInput, WaitTimeout, storage
+from protocol.errors import EXIT_INVALID, exit_code_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def start_python(code: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 60) -> str:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err
+    return out
+
+
+def test_publish_once_refuses_a_second_publication(run_url):
+    url = storage.join(run_url, "command.json")
+    first = Command(run_id="first", dataset=DatasetSpec("synthetic-small"))
+    storage.publish_once(url, first)
+    with pytest.raises(AlreadyPublished, match="already published"):
+        storage.publish_once(url, Command(run_id="second", dataset=DatasetSpec("synthetic-small")))
+    assert storage.read_message(url, Command) == first
+
+
+RACER = """
+    import sys, time
+    from protocol import storage, AlreadyPublished
+    base, start, tag = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+    while time.time() < start:
+        time.sleep(0.001)
+    for i in range(8):
+        try:
+            storage.publish_once(storage.join(base, f"race-{i}.json"), tag.encode() * 1000)
+            print(f"won {i}")
+        except AlreadyPublished:
+            print(f"lost {i}")
+"""
+
+
+def test_two_processes_racing_to_publish_exactly_one_wins(run_url):
+    storage.ensure_writable(run_url)
+    start = time.time() + 3  # both processes have imported everything by then
+    racers = [start_python(RACER, run_url, str(start), tag) for tag in ("a", "b")]
+    outputs = [finish(p).split("\n") for p in racers]
+    for i in range(8):
+        winners = [tag for tag, out in zip("ab", outputs) if f"won {i}" in out]
+        assert len(winners) == 1, f"race-{i}: winners {winners}"
+        content = storage.read_bytes(storage.join(run_url, f"race-{i}.json"))
+        assert content == winners[0].encode() * 1000
+
+
+def test_poller_that_listed_a_folder_sees_files_written_later(run_url):
+    folder = storage.join(run_url, "epochs")
+    storage.write_bytes(storage.join(folder, "000000", "part-00000"), b"x")
+    assert storage.listdir(folder) == ["000000"]
+    assert not storage.exists(storage.join(folder, "000001", "ready.json"))
+    writer = start_python(
+        "import sys; from protocol import storage; "
+        "storage.publish_once(storage.join(sys.argv[1], '000001', 'ready.json'), b'{}')", folder)
+    finish(writer)
+    assert storage.listdir(folder) == ["000000", "000001"]
+    assert storage.exists(storage.join(folder, "000001", "ready.json"))
+    storage.wait_for(storage.join(folder, "000001", "ready.json"), timeout=5, describe="epoch 1")
+
+
+WRITER = """
+    import sys, hashlib
+    from protocol import storage
+    base = sys.argv[1]
+    for i in range(6):
+        payload = bytes([i]) * (3 << 20)
+        storage.publish_once(storage.join(base, f"big-{i}"), payload)
+        for j in range(3):
+            storage.overwrite(storage.join(base, "status.json"), bytes([j]) * (1 << 20))
+"""
+
+
+def test_readers_never_see_half_written_files(run_url):
+    storage.ensure_writable(run_url)
+    writer = start_python(WRITER, run_url)
+    seen, status_reads = set(), 0
+    while writer.poll() is None or len(seen) < 6:
+        for i in range(6):
+            url = storage.join(run_url, f"big-{i}")
+            if i not in seen and storage.exists(url):
+                assert storage.read_bytes(url) == bytes([i]) * (3 << 20), f"big-{i} read partially"
+                seen.add(i)
+        try:
+            status = storage.read_bytes(storage.join(run_url, "status.json"))
+        except FileNotFoundError:
+            continue
+        assert len(status) == 1 << 20 and status == status[:1] * len(status), "torn status.json"
+        status_reads += 1
+        if writer.poll() is not None and writer.returncode != 0:
+            break
+    finish(writer)
+    assert seen == set(range(6)) and status_reads > 0
+    leftovers = [n for n in storage.listdir(run_url) if n.endswith(".tmp")]
+    assert leftovers == [], "temporary files left behind"
+
+
+def test_delete_removes_a_folder_and_ignores_missing_ones(run_url):
+    storage.write_bytes(storage.join(run_url, "epochs", "000003", "part-00000"), b"abc")
+    storage.write_bytes(storage.join(run_url, "epochs", "000003", "part-00001"), b"def")
+    storage.delete(storage.join(run_url, "epochs", "000003"))
+    assert storage.listdir(storage.join(run_url, "epochs")) == []
+    storage.delete(storage.join(run_url, "epochs", "000003"))
+
+
+def test_wait_for_times_out_naming_what_it_waited_for(run_url):
+    checks = []
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as caught:
+        storage.wait_for(storage.join(run_url, "command.json"), timeout=1.0,
+                         describe="command.json from the trainer", check=lambda: checks.append(1))
+    assert 1.0 <= time.monotonic() - started < 5
+    assert "command.json from the trainer" in str(caught.value) and "waited 1 s" in str(caught.value)
+    assert len(checks) >= 3, "the liveness check runs while waiting"
+
+
+def test_wait_for_stops_when_the_check_raises(run_url):
+    def peer_failed():
+        raise RuntimeError("generator failed")
+
+    with pytest.raises(RuntimeError, match="generator failed"):
+        storage.wait_for(storage.join(run_url, "x"), timeout=60, describe="x", check=peer_failed)
+
+
+def test_missing_bucket_is_invalid_input(fake_gcs):
+    with pytest.raises(InvalidInput, match="gs://no-such-bucket-xyz/run: cannot write.*does not exist") as caught:
+        storage.ensure_writable("gs://no-such-bucket-xyz/run")
+    assert exit_code_for(caught.value) == EXIT_INVALID
+
+
+def test_unwritable_local_folder_is_invalid_input(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(InvalidInput, match="cannot write"):
+        storage.ensure_writable(str(blocker / "run"))
+    with pytest.raises(InvalidInput, match="parent folder .* does not exist"):
+        storage.ensure_writable(str(tmp_path / "missing" / "run"))
+    storage.ensure_writable(str(tmp_path / "run"))
+    assert os.listdir(tmp_path / "run") == [], "the write probe is removed"
+
+
+def test_unknown_scheme_is_invalid_input():
+    with pytest.raises(InvalidInput, match="expected a local path or a gs://"):
+        storage.read_bytes("s3://bucket/x")
