@@ -1,0 +1,57 @@
+"""ncf-generator: the CPU Job that writes eval data and training epochs for the trainer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from protocol import cli
+
+from .job import Options, run
+from .sampling import DEFAULT_PART_EXAMPLES
+
+
+def parse_args(argv: list[str]) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="ncf-generator",
+        description="Waits for the trainer's command.json in the run directory, then writes the "
+                    "dataset metadata, the eval data and every training epoch (DESIGN.md).",
+    )
+    parser.add_argument("--data-dir", required=True, help="run directory: a local path or gs://bucket/prefix")
+    parser.add_argument("--workers", type=_positive(int), default=1,
+                        help="worker processes for sampling and writing (default 1); does not change the output")
+    parser.add_argument("--start-timeout", type=_positive(float), default=3600.0,
+                        help="seconds to wait for command.json and the trainer's first heartbeat (default 3600)")
+    parser.add_argument("--peer-timeout", type=_positive(float), default=300.0,
+                        help="seconds the trainer's heartbeat may stay unchanged before giving up (default 300)")
+    parser.add_argument("--heartbeat-interval", type=_positive(float), default=10.0,
+                        help="seconds between rewrites of status/generator.json (default 10)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="where preprocessed datasets are cached, local or gs:// "
+                             "(default: ncf-cache next to the run directory)")
+    parser.add_argument("--part-examples", type=_positive(int), default=DEFAULT_PART_EXAMPLES,
+                        help="training examples per part file (default %(default)s); it is part of an "
+                             "epoch's byte layout, so keep it fixed across restarts of one run")
+    args = parser.parse_args(argv)
+    return Options(data_dir=args.data_dir, workers=args.workers, start_timeout=args.start_timeout,
+                   peer_timeout=args.peer_timeout, heartbeat_interval=args.heartbeat_interval,
+                   cache_dir=args.cache_dir, part_examples=args.part_examples)
+
+
+def _positive(kind):
+    def convert(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    cli.run("generator", lambda: run(options))
+
+
+if __name__ == "__main__":
+    main()

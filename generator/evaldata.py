@@ -1,0 +1,108 @@
+"""Eval data: per user the held-out item (column 0) plus eval_negatives sampled items.
+
+`mlperf` mode draws the negatives with replacement from the items the user never rated
+(training or held out) and masks repeats after their first occurrence, as MLPerf does;
+`paper` mode draws them without replacement (mask all 1). Parts hold whole users; each
+part's draws come from a generator seeded by (seed, part), so the data is deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protocol import Command, MessageError, PartInfo, Ready, RunDir, parts, storage
+from protocol.parts import id_dtype
+
+from .preprocess import Dataset
+from .sampling import random_generator
+from .unrated import RatedItems
+
+CELLS_PER_PART = 1 << 24  # items per part (users x candidates): about 50 MB
+EVAL_STREAM = 1 << 20  # keeps eval draws apart from every epoch's
+
+
+def check_feasible(dataset: Dataset, command: Command, source: str) -> None:
+    """Every user needs at least one unrated item to draw negatives from."""
+    unrated = dataset.num_items - (dataset.train_counts + 1)  # MovieLens has one rating per pair
+    worst = int(np.argmin(unrated))
+    if unrated[worst] < 1:
+        raise MessageError(source, "eval_negatives",
+                           f"users with unrated items, but user {worst} of {dataset.name} rated all "
+                           f"{dataset.num_items} items", command.eval_negatives)
+
+
+def write(run: RunDir, dataset: Dataset, command: Command) -> Ready:
+    """Writes the eval parts, then dataset/eval/ready.json (create-only)."""
+    candidates = 1 + command.eval_negatives
+    users_per_part = max(1, CELLS_PER_PART // candidates)
+    indptr = dataset.indptr
+    listing: list[PartInfo] = []
+    for index, first in enumerate(range(0, dataset.num_users, users_per_part)):
+        last = min(first + users_per_part, dataset.num_users)
+        rng = random_generator(command.seed, EVAL_STREAM, index)
+        rated_user, rated_item = _rated(dataset, indptr, first, last)
+        if command.eval_mode == "mlperf":
+            negatives, mask = _with_replacement(rated_user, rated_item, last - first, command.eval_negatives,
+                                                dataset.num_items, rng)
+        else:
+            negatives, mask = _without_replacement(rated_user, rated_item, last - first, command.eval_negatives,
+                                                   dataset.num_items, rng)
+        held_out = dataset.holdout[first:last, None]
+        listing.append(parts.write(storage.join(run.eval_dir, RunDir.part_name(index)), {
+            "user": np.arange(first, last, dtype=np.uint32),
+            "items": np.concatenate([held_out, negatives.astype(held_out.dtype, copy=False)], axis=1),
+            "mask": np.concatenate([np.ones_like(held_out, np.uint8), mask], axis=1),
+        }))
+    ready = Ready(run_id=command.run_id, kind="eval", epoch=None, num_examples=dataset.num_users, parts=listing)
+    storage.publish_once(RunDir.ready(run.eval_dir), ready)
+    return ready
+
+
+def _rated(dataset: Dataset, indptr: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """(local user, item) of every rating of users first..last-1 (training and held out), by user."""
+    begin = indptr[first]
+    held_out_at = indptr[first + 1:last + 1] - begin  # after each user's training items
+    item = np.insert(dataset.train_items[begin:indptr[last]].astype(np.int64), held_out_at,
+                     dataset.holdout[first:last].astype(np.int64))
+    user = np.repeat(np.arange(last - first), dataset.train_counts[first:last] + 1)
+    return user, item
+
+
+def _with_replacement(rated_user, rated_item, users: int, count: int, num_items: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """count iid draws per user from their unrated items; mask 0 on repeats after the first."""
+    rated = RatedItems(rated_user, rated_item, users, num_items)
+    items = rated.draw_unrated(np.repeat(np.arange(users), count), rng)
+    items = items.reshape(users, count).astype(id_dtype(num_items))  # 16-bit ids sort by radix
+    # A stable sort within each row puts a value's first occurrence before its repeats.
+    order = np.argsort(items, axis=1, kind="stable")
+    ordered = np.take_along_axis(items, order, axis=1)
+    mask = np.ones((users, count), np.uint8)
+    np.put_along_axis(mask, order[:, 1:], (ordered[:, 1:] != ordered[:, :-1]).astype(np.uint8), axis=1)
+    return items, mask
+
+
+def _without_replacement(rated_user, rated_item, users: int, count: int, num_items: int,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """count distinct draws per user from their unrated items.
+
+    A user with fewer unrated items than count (ml-100k has users who rated over 700 of
+    1,682 items, so 999 do not fit) gets all of them; the padding is masked out, as a
+    ranking over the items that exist is the only honest one.
+    """
+    negatives = np.empty((users, count), np.int64)
+    mask = np.ones((users, count), np.uint8)
+    starts = np.searchsorted(rated_user, np.arange(users + 1))
+    unrated = np.ones(num_items, bool)
+    for u in range(users):
+        mine = rated_item[starts[u]:starts[u + 1]]
+        unrated[mine] = False
+        pool = np.flatnonzero(unrated)
+        if len(pool) >= count:
+            negatives[u] = rng.choice(pool, count, replace=False)
+        else:
+            negatives[u, :len(pool)] = rng.permutation(pool)
+            negatives[u, len(pool):] = pool[0]
+            mask[u, len(pool):] = 0
+        unrated[mine] = True
+    return negatives, mask

@@ -1,0 +1,120 @@
+"""The NCF / MLPerf split (DESIGN.md "Data and evaluation").
+
+Keep users with at least 20 ratings, re-index users and items from 0 (items: only those
+that remain), sort each user's ratings by timestamp, hold out the last one for evaluation;
+the rest are training positives. Ratings with the same timestamp keep their order in the
+file (a stable sort): deterministic, and it matches the reference numbers (most-popular
+HR@10 0.109 on ml-100k), whereas breaking ties by item id holds out systematically
+higher, less popular ids (0.064) and makes every model look worse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocol import DatasetMeta, InvalidInput
+from protocol.parts import id_dtype
+
+from .ratings import RawRatings
+
+MIN_RATINGS = 20
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A preprocessed dataset: per user a held-out item and training positives (CSR)."""
+
+    name: str
+    fingerprint: str
+    num_users: int
+    num_items: int
+    num_ratings: int  # raw rows read
+    train_counts: np.ndarray  # int64 [num_users]: training positives per user
+    train_items: np.ndarray  # id_dtype(num_items) [num_train], grouped by user, oldest first
+    holdout: np.ndarray  # id_dtype(num_items) [num_users]: each user's latest item
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_items)
+
+    @property
+    def indptr(self) -> np.ndarray:
+        """User u's training items are train_items[indptr[u]:indptr[u + 1]]."""
+        return np.concatenate([[0], np.cumsum(self.train_counts)])
+
+    def train_users(self) -> np.ndarray:
+        return np.repeat(np.arange(self.num_users, dtype=np.uint32), self.train_counts)
+
+    def meta(self, run_id: str) -> DatasetMeta:
+        return DatasetMeta(run_id=run_id, dataset=self.name, fingerprint=self.fingerprint,
+                           num_users=self.num_users, num_items=self.num_items,
+                           num_ratings=self.num_ratings, num_train=self.num_train)
+
+
+def split(name: str, raw: RawRatings) -> Dataset:
+    keep = _active_users(raw.user)
+    user, num_users = _dense_ids(raw.user[keep])
+    item, num_items = _dense_ids(raw.item[keep])
+    if num_users == 0 or num_items < 2:
+        raise InvalidInput(f"{name}: {num_users} users with at least {MIN_RATINGS} ratings and "
+                           f"{num_items} items among them; expected at least 1 user and 2 items")
+    user, item = _sort_by_user_then_time(user, item, raw.timestamp[keep])
+    counts = np.bincount(user, minlength=num_users)
+    last = np.cumsum(counts) - 1  # each user's latest rating
+    train = np.ones(len(user), bool)
+    train[last] = False
+    ids = id_dtype(num_items)
+    return Dataset(name=name, fingerprint=raw.fingerprint, num_users=num_users, num_items=num_items,
+                   num_ratings=len(raw), train_counts=counts - 1, train_items=item[train].astype(ids),
+                   holdout=item[last].astype(ids))
+
+
+def _active_users(user: np.ndarray) -> np.ndarray:
+    ids, num = _dense_ids(user)
+    return np.bincount(ids, minlength=num)[ids] >= MIN_RATINGS
+
+
+def _dense_ids(ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Maps ids to 0..n-1 in the order of their values; returns the new ids and n."""
+    if len(ids) and 0 <= ids.min() and ids.max() < 4 * len(ids) + (1 << 20):
+        # Ids are small (MovieLens numbers them 1..n): a lookup table, no sort.
+        present = np.zeros(int(ids.max()) + 1, bool)
+        present[ids] = True
+        new_id = np.cumsum(present) - 1
+        return new_id[ids], int(present.sum())
+    order = _argsort(ids - ids.min())
+    ordered = ids[order]
+    first = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    new_id = np.empty(len(ids), np.int64)
+    new_id[order] = np.cumsum(first) - 1
+    return new_id, int(first.sum())
+
+
+def _argsort(values: np.ndarray) -> np.ndarray:
+    """np.argsort of non-negative ints, several times faster where (value, index) packs in 64 bits:
+    numpy's plain sort is vectorized, its argsort much less so."""
+    index_bits = max(1, (len(values) - 1).bit_length())
+    if _bits(values) + index_bits > 64:
+        return np.argsort(values)
+    packed = (values.astype(np.uint64) << np.uint64(index_bits)) | np.arange(len(values), dtype=np.uint64)
+    packed.sort()
+    return (packed & np.uint64((1 << index_bits) - 1)).astype(np.int64)
+
+
+def _sort_by_user_then_time(user, item, timestamp) -> tuple[np.ndarray, np.ndarray]:
+    """Stable sort by (user, timestamp): one packed uint64 key when it fits, else lexsort."""
+    time = timestamp - timestamp.min()
+    if _bits(user) + _bits(time) > 64:
+        time, _ = _dense_ids(timestamp)  # ranks keep the order in fewer bits
+    if _bits(user) + _bits(time) > 64:
+        order = np.lexsort((timestamp, user))
+    else:
+        key = (user.astype(np.uint64) << np.uint64(_bits(time))) | time.astype(np.uint64)
+        order = np.argsort(key, kind="stable")
+    return user[order], item[order]
+
+
+def _bits(values: np.ndarray) -> int:
+    return int(values.max()).bit_length() if len(values) else 0

@@ -1,0 +1,156 @@
+"""The generator as a process: exit codes, heartbeats, the epoch buffer, kill -9 and restart.
+
+Each test runs `python -m generator` and plays the trainer's part by hand: it writes
+command.json and status/trainer.json and deletes consumed epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from generator_support import (
+    last_line, make_command, part_bytes, publish_command, read_ready, read_status, ready_epochs, run_generator,
+    start_generator, wait_until, write_trainer_status,
+)
+
+from protocol import Ready, RunDir, storage
+
+
+def test_blocks_at_buffer_epochs_until_the_trainer_consumes_one(run_url, cli_env):
+    publish_command(run_url, make_command("synthetic-small", epochs=4, buffer_epochs=2))
+    write_trainer_status(run_url, "training")
+    process = start_generator(run_url, cli_env)
+    try:
+        wait_until(lambda: ready_epochs(run_url) == [0, 1], what="epochs 0 and 1")
+        wait_until(lambda: read_status(run_url).state == "waiting", what="the generator to wait")
+        time.sleep(1.0)
+        assert ready_epochs(run_url) == [0, 1]
+        assert not storage.listdir(RunDir(run_url).epoch_dir(2))  # not even started
+        assert read_status(run_url).epochs_done == 2
+        for consumed in range(4):  # the trainer: status first, then delete
+            wait_until(lambda: consumed in ready_epochs(run_url), what=f"epoch {consumed}")
+            assert len(ready_epochs(run_url)) <= 2
+            write_trainer_status(run_url, "training", epochs_done=consumed + 1)
+            storage.delete(RunDir(run_url).epoch_dir(consumed))
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    status = read_status(run_url)
+    assert (status.state, status.epochs_done) == ("done", 4)
+
+
+def test_restart_after_kill_9_mid_epoch_gives_the_same_bytes(run_url, cli_env, ml100k):
+    command = make_command("ml-100k", str(ml100k), epochs=3)
+    reference = run_url + "-reference"
+    publish_command(reference, command)
+    assert run_generator(reference, cli_env, "--part-examples", "2000").returncode == 0
+
+    publish_command(run_url, command)
+    run = RunDir(run_url)
+
+    def mid_epoch() -> bool:  # epoch 1 has parts but no ready.json yet
+        names = storage.listdir(run.epoch_dir(1))
+        return len(names) > 3 and "ready.json" not in names
+
+    process = start_generator(run_url, cli_env, "--part-examples", "2000", "--workers", "2")
+    try:
+        wait_until(mid_epoch, what="the generator to be writing epoch 1")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        process.kill()
+    assert ready_epochs(run_url) == [0]
+    assert run_generator(run_url, cli_env, "--part-examples", "2000").returncode == 0
+    for epoch in range(3):
+        assert read_ready(run_url, epoch) == read_ready(reference, epoch)
+        assert part_bytes(run_url, epoch) == part_bytes(reference, epoch)
+
+
+def test_restart_continues_after_what_the_trainer_consumed(run_url, cli_env, ml100k):
+    publish_command(run_url, make_command("ml-100k", str(ml100k), epochs=4))
+    write_trainer_status(run_url, "training", epochs_done=3)  # epochs 0-2 consumed and deleted
+    result = run_generator(run_url, cli_env)
+    assert result.returncode == 0, result.stderr
+    assert ready_epochs(run_url) == [3]
+    assert "starting at epoch 3 of 4" in result.stderr
+
+
+def test_stops_with_exit_0_when_the_trainer_is_done(run_url, cli_env, ml100k):
+    publish_command(run_url, make_command("ml-100k", str(ml100k), epochs=20, buffer_epochs=1))
+    write_trainer_status(run_url, "done", epochs_done=1)
+    result = run_generator(run_url, cli_env)
+    assert result.returncode == 0, result.stderr
+    status = read_status(run_url)
+    assert (status.state, status.message) == ("done", "the trainer is done")
+    assert ready_epochs(run_url) == []  # it checks the trainer before each epoch
+
+
+@pytest.mark.parametrize("document, field", [
+    (b'{"run_id": "x",', "valid JSON"),
+    ("missing", "'epochs'"),
+    ({"train_batch_size": -5}, "'train_batch_size'"),
+    ({"num_neg": 1682}, "'num_neg'"),
+])
+def test_invalid_command_exits_2_naming_the_field(run_url, cli_env, ml100k, document, field):
+    valid = make_command("ml-100k", str(ml100k)).to_dict()
+    if document == "missing":
+        del valid["epochs"]
+        document = valid
+    elif isinstance(document, dict):
+        document = {**valid, **document}
+    text = document if isinstance(document, bytes) else json.dumps(document).encode()
+    storage.publish_once(RunDir(run_url).command, text)
+    result = run_generator(run_url, cli_env)
+    assert result.returncode == 2, result.stderr
+    message = last_line(result.stderr)
+    assert "command.json" in message and field in message
+    status = read_status(run_url)
+    assert status.state == "failed" and field in status.message
+
+
+def test_missing_ratings_file_exits_2(run_url, cli_env, tmp_path):
+    missing = str(tmp_path / "nowhere" / "u.data")
+    publish_command(run_url, make_command("ml-100k", missing))
+    result = run_generator(run_url, cli_env)
+    assert result.returncode == 2
+    assert missing in last_line(result.stderr) and "not found" in last_line(result.stderr)
+    assert read_status(run_url).state == "failed"
+
+
+def test_no_command_within_start_timeout_exits_3(run_url, cli_env):
+    result = run_generator(run_url, cli_env, "--start-timeout", "1")
+    assert result.returncode == 3
+    assert "trainer" in last_line(result.stderr)
+    assert read_status(run_url).state == "failed"
+
+
+def test_failed_trainer_exits_3(run_url, cli_env, ml100k):
+    publish_command(run_url, make_command("ml-100k", str(ml100k), epochs=20, buffer_epochs=1))
+    write_trainer_status(run_url, "failed", message="CUDA out of memory")
+    result = run_generator(run_url, cli_env)
+    assert result.returncode == 3
+    assert "the trainer failed: CUDA out of memory" in last_line(result.stderr)
+    assert read_status(run_url).state == "failed"
+
+
+def test_silent_trainer_exits_3(run_url, cli_env, ml100k):
+    publish_command(run_url, make_command("ml-100k", str(ml100k), epochs=5, buffer_epochs=1))
+    write_trainer_status(run_url, "training")  # and never again
+    result = run_generator(run_url, cli_env, "--peer-timeout", "2")
+    assert result.returncode == 3
+    assert "the trainer went silent" in last_line(result.stderr)
+    assert ready_epochs(run_url) == [0]  # made one, then waited for the trainer in vain
+
+
+def test_an_epoch_of_another_run_exits_2(run_url, cli_env, ml100k):
+    publish_command(run_url, make_command("ml-100k", str(ml100k)))
+    stale = RunDir.ready(RunDir(run_url).epoch_dir(0))
+    storage.publish_once(stale, Ready(run_id="another-run", kind="train", epoch=0, num_examples=0, parts=[]))
+    result = run_generator(run_url, cli_env)
+    assert result.returncode == 2
+    assert last_line(result.stderr).endswith(f"{stale} belongs to run another-run, not to test-run: "
+                                             "stale data of another run in this run directory")
