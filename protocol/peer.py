@@ -49,13 +49,13 @@ class Heartbeat:
         if error is not None:
             self.update(state="failed", message=f"{type(error).__name__}: {error}".splitlines()[0][:2000])
 
-    def update(self, **changes) -> None:
-        """Changes fields; writes at once when the state changes, else on the next beat."""
+    def update(self, flush: bool = False, **changes) -> None:
+        """Changes fields; writes at once when the state changes (or flush), else on the next beat."""
         with self._lock:
             previous = self.status.state
             self.status = dataclasses.replace(self.status, **changes)
             state_changed = self.status.state != previous
-        if state_changed:
+        if state_changed or flush:
             self._write()
 
     def _write(self) -> None:

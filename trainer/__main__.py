@@ -1,0 +1,15 @@
+"""`ncf-trainer` / `python -m trainer`: exit 0 done, 2 invalid input, 3 generator failed, 1 other."""
+
+import sys
+
+from protocol.cli import run
+
+
+def main() -> None:
+    from trainer import train  # imported inside: TensorFlow loads after logging is set up
+
+    run("trainer", lambda: train.main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

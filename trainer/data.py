@@ -1,0 +1,149 @@
+"""The input pipeline: ready epochs in the bucket -> verified numpy columns -> tf.data batches.
+
+Everything is read through protocol (sizes and CRC32C verified, foreign run_ids refused).
+Epoch k + 1 is read by a background thread while epoch k trains; the seconds the training
+loop waits for it are what metrics.jsonl reports as data_wait_s.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocol import CorruptData, InvalidInput, PeerError, Ready, RunDir, parts, storage
+
+log = logging.getLogger("ncf.trainer")
+
+
+def read_ready(folder: str, run_id: str, kind: str, epoch: int | None) -> Ready:
+    """Reads folder/ready.json and refuses data that is not this run's (exit code 2)."""
+    url = RunDir.ready(folder)
+    ready = storage.read_message(url, Ready)
+    if ready.run_id != run_id:
+        raise InvalidInput(f"{url} belongs to run {ready.run_id!r}, but this run is {run_id!r}: refusing stale data "
+                           f"from another run (nothing was trained on it); clear the run directory or use a new one")
+    if ready.kind != kind or ready.epoch != epoch:
+        raise InvalidInput(f"{url}: expected kind {kind!r} epoch {epoch}, found kind {ready.kind!r} epoch {ready.epoch}")
+    return ready
+
+
+def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int = 8) -> dict[str, np.ndarray]:
+    """Reads and verifies every listed part (in parallel) and concatenates the named columns."""
+    def one(info):
+        url = storage.join(folder, info.name)
+        columns = parts.read(url, info)
+        missing = [n for n in names if n not in columns]
+        if missing:
+            raise CorruptData(f"{url}: lacks column(s) {', '.join(missing)} (has {', '.join(columns)})")
+        return columns
+
+    if not ready.parts:
+        raise CorruptData(f"{RunDir.ready(folder)} lists no parts")
+    with ThreadPoolExecutor(min(threads, len(ready.parts))) as pool:
+        chunks = list(pool.map(one, ready.parts))
+    out = {}
+    for name in names:
+        arrays = [c[name] for c in chunks]
+        dtypes = {a.dtype for a in arrays}
+        if len(dtypes) != 1:
+            raise CorruptData(f"{folder}: column {name!r} has different dtypes across parts ({dtypes})")
+        out[name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    return out
+
+
+@dataclass
+class Epoch:
+    epoch: int
+    user: np.ndarray
+    item: np.ndarray
+    label: np.ndarray
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.label)
+
+
+def read_epoch(run: RunDir, epoch: int, run_id: str) -> Epoch:
+    folder = run.epoch_dir(epoch)
+    ready = read_ready(folder, run_id, "train", epoch)
+    cols = read_columns(folder, ready, ("user", "item", "label"))
+    for name in ("user", "item", "label"):
+        if cols[name].ndim != 1:
+            raise CorruptData(f"{folder}: column {name!r} should be one-dimensional, has shape {cols[name].shape}")
+    return Epoch(epoch, cols["user"], cols["item"], cols["label"])
+
+
+def batches(user: np.ndarray, item: np.ndarray, label: np.ndarray, batch_size: int, cast_ids: bool = False):
+    """A tf.data.Dataset of whole batches ((user, item), label): the columns are reshaped to
+    [steps, batch] so tf.data slices one batch per element, never one example. The last,
+    partial batch (if any) follows as one smaller element. Ids stay uint16/uint32 (the model
+    casts them on the device) unless cast_ids (TPUs want int32)."""
+    import tensorflow as tf
+
+    if cast_ids:
+        user, item = user.astype(np.int32), item.astype(np.int32)
+    n = len(label)
+    full = n // batch_size * batch_size
+    sets = []
+    if full:
+        sets.append(tf.data.Dataset.from_tensor_slices(
+            ((user[:full].reshape(-1, batch_size), item[:full].reshape(-1, batch_size)),
+             label[:full].reshape(-1, batch_size))))
+    if n > full:
+        sets.append(tf.data.Dataset.from_tensors(((user[full:], item[full:]), label[full:])))
+    dataset = sets[0]
+    for extra in sets[1:]:
+        dataset = dataset.concatenate(extra)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+class Prefetcher:
+    """Reads epochs in a background thread, one ahead of the training loop.
+
+    `wait_check` runs while an epoch's ready.json is missing (PeerWatch.check plus the
+    spawned child's exit status); it may raise PeerError, which reaches the loop via get().
+    """
+
+    def __init__(self, run: RunDir, run_id: str, wait_check: Callable[[str], None]):
+        self.run, self.run_id, self.wait_check = run, run_id, wait_check
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        self._futures: dict[int, Future] = {}
+        self._closed = threading.Event()
+
+    def start(self, epoch: int) -> None:
+        if epoch not in self._futures:
+            self._futures[epoch] = self._pool.submit(self._load, epoch)
+
+    def ready(self, epoch: int) -> bool:
+        return epoch in self._futures and self._futures[epoch].done()
+
+    def get(self, epoch: int) -> tuple[Epoch, float]:
+        """The epoch's data and the seconds this call waited for it."""
+        self.start(epoch)
+        started = time.monotonic()
+        data = self._futures.pop(epoch).result()
+        return data, time.monotonic() - started
+
+    def close(self) -> None:
+        self._closed.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _check(self, url: str) -> None:
+        if self._closed.is_set():
+            raise PeerError("trainer stopping: prefetch cancelled")
+        self.wait_check(url)
+
+    def _load(self, epoch: int) -> Epoch:
+        ready_url = RunDir.ready(self.run.epoch_dir(epoch))
+        storage.wait_for(ready_url, float("inf"), f"epoch {epoch} from the generator",
+                         check=lambda: self._check(ready_url))
+        started = time.monotonic()
+        data = read_epoch(self.run, epoch, self.run_id)
+        log.info("read epoch %d: %d examples in %.2f s", epoch, data.num_examples, time.monotonic() - started)
+        return data
