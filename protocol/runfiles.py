@@ -1,0 +1,31 @@
+"""Reading the trainer's outputs that several readers share (ncf-status, the report, resume)."""
+
+from __future__ import annotations
+
+from . import storage
+from .errors import MessageError
+from .messages import EpochMetrics
+
+
+def read_metrics(url: str) -> tuple[list[EpochMetrics], list[str]]:
+    """metrics.jsonl in epoch order, and one message per line that could not be read.
+
+    A missing file is no metrics yet. A bad line is skipped (and reported) so it cannot
+    hide the others; an epoch written twice (a resumed trainer) counts once, last line wins.
+    """
+    try:
+        text = storage.read_bytes(url).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return [], []
+    by_epoch: dict[int, EpochMetrics] = {}
+    problems = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = EpochMetrics.from_json(line, source=f"{url} line {number}")
+        except MessageError as error:
+            problems.append(str(error))
+            continue
+        by_epoch[record.epoch] = record
+    return [by_epoch[e] for e in sorted(by_epoch)], problems
