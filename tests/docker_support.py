@@ -214,13 +214,35 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 # --- image builds -----------------------------------------------------------------
 
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+@functools.lru_cache(maxsize=None)
+def host_only_ca_certs(base: str = BASE_IMAGE) -> str:
+    """The host bundle's certificates that the base image does not already trust, as PEM.
+
+    The whole host bundle (~220 kB) is too long for one command-line argument
+    (Linux caps a single argument at 128 kB), and the Dockerfiles append
+    EXTRA_CA_CERTS to the image's own bundle anyway, so only the difference
+    (here: the TLS-intercepting proxy's CAs) needs to travel.
+    """
+    if not HOST_CA_BUNDLE.is_file():
+        return ""
+    in_base = docker("run", "--rm", "--network", "none", "--entrypoint", "cat", base,
+                     "/etc/ssl/certs/ca-certificates.crt", check=False).stdout.decode()
+    known = {"".join(c.split()) for c in _PEM.findall(in_base)}
+    extra = [c for c in _PEM.findall(HOST_CA_BUNDLE.read_text()) if "".join(c.split()) not in known]
+    return "\n".join(extra)
+
+
 def build_image(dockerfile: str, tag: str, *, build_args: dict[str, str] | None = None,
                 wheelhouse_url: str | None = None) -> float:
     """`docker build` one of the repository's Dockerfiles; returns seconds taken."""
     args = dict(build_args or {})
-    if HOST_CA_BUNDLE.is_file():
-        # This machine's network intercepts TLS: give pip the host's CA bundle.
-        args["EXTRA_CA_CERTS"] = HOST_CA_BUNDLE.read_text()
+    extra_ca = host_only_ca_certs()
+    if extra_ca:
+        # This machine's network may intercept TLS: give pip the host's CAs.
+        args["EXTRA_CA_CERTS"] = extra_ca
     if wheelhouse_url:
         args["PIP_EXTRA_ARGS"] = f"--no-index --find-links {wheelhouse_url}"
     cmd = ["docker", "build", "--network", "host", "-f", str(REPO / dockerfile), "-t", tag]

@@ -1,0 +1,602 @@
+"""The Helm chart, rendered by Helm's own engine: lint, schema, Kubernetes schemas, semantics.
+
+No cluster: helm-python-sdk renders offline, kubernetes-validate checks every
+object against the OpenAPI schemas of Kubernetes 1.29 to 1.37 in strict mode
+(unknown fields are errors).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+from k8s_support import (
+    ACCELERATOR_LABEL_PREFIXES,
+    CHART_DIR,
+    CI_VALUES,
+    KUBE_VERSIONS,
+    all_pod_specs,
+    by_kind,
+    chart,
+    deep_merge,
+    env,
+    flags,
+    job,
+    load_values,
+    main_container,
+    notes,
+    pod_spec,
+    render,
+    requests_accelerator,
+)
+
+# --- value sets -------------------------------------------------------------------
+
+EVERY_TRAINING_VALUE = {
+    "dataset": "ml-1m",
+    "ratings": "gs://bucket/movielens/ml-1m/ratings.dat",
+    "epochs": 17,
+    "batchSize": 1048576,  # large: Helm reads numbers as float64; must not print 1.048576e+06
+    "evalBatchSize": 160000,
+    "numNeg": 7,
+    "evalNegatives": 99,
+    "evalMode": "paper",
+    "learningRate": 0.0005,
+    "mfDim": 24,
+    "l2": 1e-06,  # small floats print in exponent form, which the trainer's float() reads
+    "layers": [128, 64, 32],
+    "seed": 0,  # zero is a value, not "unset"
+    "targetHr": 0.635,
+    "bufferEpochs": 5,
+    "mixedPrecision": True,
+    "xla": True,
+    "stepsPerExecution": 32,
+}
+# What the trainer must receive for EVERY_TRAINING_VALUE, flag by flag.
+EVERY_TRAINING_FLAG = {
+    "--dataset": "ml-1m",
+    "--ratings": "gs://bucket/movielens/ml-1m/ratings.dat",
+    "--epochs": "17",
+    "--batch-size": "1048576",
+    "--eval-batch-size": "160000",
+    "--num-neg": "7",
+    "--eval-negatives": "99",
+    "--eval-mode": "paper",
+    "--learning-rate": "0.0005",
+    "--mf-dim": "24",
+    "--l2": "1e-06",
+    "--layers": "128,64,32",
+    "--seed": "0",
+    "--target-hr": "0.635",
+    "--buffer-epochs": "5",
+    "--mixed-precision": True,
+    "--xla": True,
+    "--steps-per-execution": "32",
+}
+TRAINER_FLAGS = set(EVERY_TRAINING_FLAG) | {"--data-dir", "--start-timeout", "--peer-timeout",
+                                            "--heartbeat-interval"}
+GENERATOR_FLAGS = {"--data-dir", "--workers", "--start-timeout", "--peer-timeout",
+                   "--heartbeat-interval", "--cache-dir"}
+
+EDGE_CASES = {
+    "defaults": {},
+    "every-training-value": {"dataDir": "gs://b/p", "trainer": {"training": EVERY_TRAINING_VALUE}},
+    "nvidia-2-gpus-spot-with-user-placement": {
+        "dataDir": "gs://b/p",
+        "trainer": {
+            "accelerator": {"preset": "nvidia", "nvidia": {"type": "nvidia-tesla-a100", "count": 2}},
+            "spot": True,
+            "nodeSelector": {"pool": "a100"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+            "resources": {"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "64Gi"}},
+        },
+        "generator": {"spot": True},
+    },
+    "tpu-1x1": {"dataDir": "gs://b/p", "trainer": {"accelerator": {"preset": "tpu"}}},
+    "emulator": {"dataDir": "gs://emu-bucket/runs/x", "gcsEmulator": {"enabled": True}},
+    "generator-only": {"dataDir": "gs://b/p", "trainer": {"enabled": False}},
+    "trainer-only-local-dir": {"dataDir": "/mnt/runs/x", "generator": {"enabled": False}},
+    "existing-service-account": {"dataDir": "gs://b/p", "serviceAccount": {"create": False, "name": "shared"}},
+    "overrides": {
+        "dataDir": "gs://b/p",
+        "fullnameOverride": "my-run",
+        "serviceAccount": {"gcpServiceAccount": "runner@proj.iam.gserviceaccount.com", "annotations": {"a": "b"}},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "generator": {
+            "workers": 3, "cacheDir": "gs://b/cache",
+            "timeouts": {"start": 3600, "peer": 600, "heartbeatInterval": 5},
+            "extraArgs": ["--part-examples=100000"], "env": [{"name": "X", "value": "1"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["cpu"]}]}]}}},
+            "podAnnotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"},
+            "podLabels": {"team": "recsys"},
+            "scratch": {"medium": "Memory", "sizeLimit": "512Mi"},
+            "terminationGracePeriodSeconds": 60,
+            "job": {"backoffLimit": 0, "activeDeadlineSeconds": 7200, "ttlSecondsAfterFinished": None,
+                    "failJobOnExitCodes": [], "ignoreDisruptions": False},
+        },
+        "trainer": {
+            "image": {"repository": "r/t", "tag": "1.2.3", "pullPolicy": "Always"},
+            "args": ["--data-dir=gs://other/x", "--dataset=ml-100k"],
+            "extraArgs": ["--epochs=1"],
+            "job": {"failJobOnExitCodes": [2, 3]},
+        },
+    },
+}
+
+
+def all_value_sets() -> list[tuple[str, dict]]:
+    return [(p.name, load_values(p)) for p in CI_VALUES] + list(EDGE_CASES.items())
+
+
+ALL_VALUE_SETS = all_value_sets()
+IDS = [name for name, _ in ALL_VALUE_SETS]
+
+
+def test_ci_value_files_exist():
+    names = {p.name for p in CI_VALUES}
+    assert {"kind-values.yaml", "gke-l4-values.yaml", "gke-tpu-v5e-values.yaml"} <= names
+
+
+# --- lint, render, Kubernetes schemas ---------------------------------------------------
+
+@pytest.mark.parametrize("values", [v for _, v in ALL_VALUE_SETS], ids=IDS)
+def test_lint_strict(values):
+    report = helm_python.lint(CHART_DIR, copy.deepcopy(values), strict=True, namespace="ncf",
+                              kube_version="v1.29.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not report["errors"] and not problems, report
+
+
+@pytest.mark.parametrize("values", [v for _, v in ALL_VALUE_SETS], ids=IDS)
+def test_every_object_validates_strictly_on_kubernetes_1_29_to_1_37(values):
+    objects = render(values)
+    assert objects
+    shipped = set(kubernetes_validate.utils.all_versions())
+    for version in KUBE_VERSIONS:
+        assert version in shipped, f"kubernetes-validate ships no schema for {version}"
+        for obj in objects:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} invalid on {version}: {e.message} at {list(e.path)}")
+
+
+def test_default_render_has_the_expected_objects():
+    objects = render({})
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in objects)
+    assert kinds == [
+        ("Job", "ncf-ncf-tandem-generator"),
+        ("Job", "ncf-ncf-tandem-trainer"),
+        ("Pod", "ncf-ncf-tandem-test-result"),
+        ("ServiceAccount", "ncf-ncf-tandem"),
+    ]
+
+
+@pytest.mark.parametrize("values", [v for _, v in ALL_VALUE_SETS], ids=IDS)
+def test_labels_follow_the_recommended_labels(values):
+    for obj in render(values):
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "ncf-tandem"
+        assert labels["app.kubernetes.io/instance"] == "ncf"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/version"] == chart().metadata["appVersion"]
+        if obj["kind"] == "Job":
+            component = labels["app.kubernetes.io/component"]
+            assert component in ("generator", "trainer")
+            assert obj["metadata"]["name"].endswith("-" + component)
+            tmpl = obj["spec"]["template"]["metadata"]["labels"]
+            assert tmpl["app.kubernetes.io/component"] == component
+            assert tmpl["app.kubernetes.io/instance"] == "ncf"
+
+
+# --- security ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("values", [v for _, v in ALL_VALUE_SETS], ids=IDS)
+def test_every_container_is_restricted_non_root_with_read_only_root(values):
+    specs = all_pod_specs(render(values))
+    assert specs
+    for name, spec in specs:
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] == 10001, name
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec.get("hostNetwork") is not True and spec.get("hostPID") is not True, name
+        mounts_tmp_volume = None
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001, (name, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
+            assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert sc["capabilities"] == {"drop": ["ALL"]}, (name, c["name"])
+            assert not sc.get("privileged"), (name, c["name"])
+            assert "resources" in c, (name, c["name"])
+            for m in c.get("volumeMounts", []):
+                if m["mountPath"] == "/tmp":
+                    mounts_tmp_volume = m["name"]
+        if spec["containers"][0]["name"] != "fake-gcs-server":
+            # Writable scratch: /tmp is an emptyDir, and HOME and the caches point there.
+            assert mounts_tmp_volume, name
+            (vol,) = [v for v in spec["volumes"] if v["name"] == mounts_tmp_volume]
+            assert "emptyDir" in vol, name
+            e = env(spec["containers"][0])
+            assert e["HOME"] == "/tmp" and e["MPLCONFIGDIR"].startswith("/tmp/"), name
+            assert e["KERAS_HOME"].startswith("/tmp/"), name
+
+
+def test_service_account_workload_identity_and_no_secrets():
+    objects = render(EDGE_CASES["overrides"])
+    (sa,) = by_kind(objects, "ServiceAccount")
+    assert sa["metadata"]["name"] == "my-run"
+    assert sa["metadata"]["annotations"] == {
+        "iam.gke.io/gcp-service-account": "runner@proj.iam.gserviceaccount.com", "a": "b"}
+    assert sa["automountServiceAccountToken"] is False
+    for name, spec in all_pod_specs(objects):
+        if spec["containers"][0]["name"] == "fake-gcs-server":
+            continue
+        assert spec["serviceAccountName"] == "my-run", name
+    assert not by_kind(objects, "Secret")
+    # Without a Google service account there is no Workload Identity annotation.
+    (sa,) = by_kind(render({}), "ServiceAccount")
+    assert "annotations" not in sa["metadata"]
+    # An existing ServiceAccount is used, not created.
+    objects = render(EDGE_CASES["existing-service-account"])
+    assert not by_kind(objects, "ServiceAccount")
+    assert pod_spec(job(objects, "trainer"))["serviceAccountName"] == "shared"
+
+
+def test_values_hold_no_credentials():
+    text = (CHART_DIR / "values.yaml").read_text() + "".join(p.read_text() for p in CI_VALUES)
+    for word in ("private_key", "BEGIN PRIVATE", "client_secret", "GOOGLE_APPLICATION_CREDENTIALS"):
+        assert word not in text
+
+
+# --- accelerators: the trainer and only the trainer ------------------------------------
+
+def accelerator_labels(selector: dict) -> dict:
+    return {k: v for k, v in (selector or {}).items() if k.startswith(ACCELERATOR_LABEL_PREFIXES)}
+
+
+def accelerator_tolerations(tolerations: list) -> list:
+    return [t for t in tolerations or [] if t.get("key") in ("nvidia.com/gpu", "google.com/tpu")]
+
+
+@pytest.mark.parametrize("values", [v for _, v in ALL_VALUE_SETS], ids=IDS)
+def test_generator_never_gets_an_accelerator(values):
+    objects = render(values)
+    for name, spec in all_pod_specs(objects):
+        if name.endswith("-trainer"):
+            continue
+        assert not requests_accelerator(spec), name
+        assert not accelerator_labels(spec.get("nodeSelector")), name
+        assert not accelerator_tolerations(spec.get("tolerations")), name
+
+
+def test_generator_stays_off_accelerator_nodes_unless_told_otherwise():
+    spec = pod_spec(job(render({}), "generator"))
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [
+        {"key": "cloud.google.com/gke-accelerator", "operator": "DoesNotExist"},
+        {"key": "cloud.google.com/gke-tpu-accelerator", "operator": "DoesNotExist"}]}]
+    # A user's node affinity replaces it.
+    spec = pod_spec(job(render(EDGE_CASES["overrides"]), "generator"))
+    assert spec["affinity"] == EDGE_CASES["overrides"]["generator"]["affinity"]
+
+
+def test_preset_none_gives_the_trainer_no_accelerator():
+    spec = pod_spec(job(render({}), "trainer"))
+    assert not requests_accelerator(spec)
+    assert "nodeSelector" not in spec and "tolerations" not in spec
+
+
+def test_preset_nvidia():
+    values = {"trainer": {"accelerator": {"preset": "nvidia", "nvidia": {"type": "nvidia-h100-80gb", "count": 8}}}}
+    spec = pod_spec(job(render(values), "trainer"))
+    assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    res = spec["containers"][0]["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == 8
+    assert res["limits"]["memory"] == "32Gi" and res["requests"] == {"cpu": "4", "memory": "16Gi"}
+    assert "google.com/tpu" not in res["limits"]
+    assert env(spec["containers"][0])["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
+
+
+def test_preset_tpu():
+    values = {"trainer": {"accelerator": {"preset": "tpu", "tpu": {
+        "type": "tpu-v5-lite-podslice", "topology": "2x2", "count": 4}}}}
+    spec = pod_spec(job(render(values), "trainer"))
+    assert spec["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice",
+                                    "cloud.google.com/gke-tpu-topology": "2x2"}
+    assert spec["tolerations"] == [{"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}]
+    limits = spec["containers"][0]["resources"]["limits"]
+    assert limits["google.com/tpu"] == 4 and "nvidia.com/gpu" not in limits
+
+
+def test_user_placement_and_spot_join_the_preset():
+    objects = render(EDGE_CASES["nvidia-2-gpus-spot-with-user-placement"])
+    trainer = pod_spec(job(objects, "trainer"))
+    assert trainer["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100",
+                                       "cloud.google.com/gke-spot": "true", "pool": "a100"}
+    assert [t["key"] for t in trainer["tolerations"]] == ["nvidia.com/gpu", "cloud.google.com/gke-spot", "dedicated"]
+    assert trainer["containers"][0]["resources"] == {
+        "requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "64Gi", "nvidia.com/gpu": 2}}
+    generator = pod_spec(job(objects, "generator"))
+    assert generator["nodeSelector"] == {"cloud.google.com/gke-spot": "true"}
+    assert generator["tolerations"] == [{"key": "cloud.google.com/gke-spot", "operator": "Equal",
+                                         "value": "true", "effect": "NoSchedule"}]
+
+
+def test_spot_is_per_component():
+    trainer_only = render({"trainer": {"spot": True}})
+    assert pod_spec(job(trainer_only, "trainer"))["nodeSelector"] == {"cloud.google.com/gke-spot": "true"}
+    assert "nodeSelector" not in pod_spec(job(trainer_only, "generator"))
+
+
+def test_gke_profiles():
+    l4 = render(load_values(CHART_DIR / "ci" / "gke-l4-values.yaml"))
+    spec = pod_spec(job(l4, "trainer"))
+    assert spec["nodeSelector"]["cloud.google.com/gke-accelerator"] == "nvidia-l4"
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert flags(main_container(job(l4, "trainer")))["--dataset"] == "ml-20m"
+    assert flags(main_container(job(l4, "trainer")))["--data-dir"].startswith("gs://")
+    (sa,) = by_kind(l4, "ServiceAccount")
+    assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+
+    tpu = render(load_values(CHART_DIR / "ci" / "gke-tpu-v5e-values.yaml"))
+    spec = pod_spec(job(tpu, "trainer"))
+    assert spec["nodeSelector"]["cloud.google.com/gke-tpu-accelerator"] == "tpu-v5-lite-podslice"
+    chips = {"1x1": 1, "2x2": 4}[spec["nodeSelector"]["cloud.google.com/gke-tpu-topology"]]
+    assert spec["containers"][0]["resources"]["limits"]["google.com/tpu"] == chips
+    assert spec["containers"][0]["image"].endswith("-tpu")
+
+
+# --- arguments --------------------------------------------------------------------
+
+def test_trainer_gets_every_training_value_as_the_right_flag():
+    objects = render(EDGE_CASES["every-training-value"])
+    got = flags(main_container(job(objects, "trainer")))
+    assert got == {"--data-dir": "gs://b/p", **EVERY_TRAINING_FLAG}
+    # Every key the schema allows under trainer.training is exercised here.
+    assert set(chart().schema["properties"]["trainer"]["properties"]["training"]["properties"]) == set(EVERY_TRAINING_VALUE)
+
+
+def test_generator_gets_no_training_flag():
+    for _, values in ALL_VALUE_SETS:
+        objects = render(values)
+        if not values.get("generator", {}).get("enabled", True):
+            continue
+        got = flags(main_container(job(objects, "generator")))
+        assert set(got) - {"--part-examples"} <= GENERATOR_FLAGS, got
+        assert got["--data-dir"] == values.get("dataDir", chart().values["dataDir"])
+
+
+def test_unset_values_leave_the_programs_defaults():
+    objects = render({})
+    assert flags(main_container(job(objects, "trainer"))) == {
+        "--data-dir": chart().values["dataDir"], "--dataset": "ml-20m"}
+    assert flags(main_container(job(objects, "generator"))) == {"--data-dir": chart().values["dataDir"]}
+
+
+def test_generator_and_timeout_flags():
+    objects = render(EDGE_CASES["overrides"])
+    assert flags(main_container(job(objects, "generator"))) == {
+        "--data-dir": "gs://b/p", "--workers": "3", "--cache-dir": "gs://b/cache",
+        "--start-timeout": "3600", "--peer-timeout": "600", "--heartbeat-interval": "5", "--part-examples": "100000"}
+    trainer = render({"trainer": {"timeouts": {"start": 7200, "peer": 900, "heartbeatInterval": 10}}})
+    got = flags(main_container(job(trainer, "trainer")))
+    assert (got["--start-timeout"], got["--peer-timeout"], got["--heartbeat-interval"]) == ("7200", "900", "10")
+
+
+def test_args_replace_and_extra_args_append():
+    c = main_container(job(render(EDGE_CASES["overrides"]), "trainer"))
+    assert c["args"] == ["--data-dir=gs://other/x", "--dataset=ml-100k", "--epochs=1"]
+    assert c["image"] == "r/t:1.2.3" and c["imagePullPolicy"] == "Always"
+
+
+def test_kind_profile_args():
+    objects = render(load_values(CHART_DIR / "ci" / "kind-values.yaml"))
+    trainer = flags(main_container(job(objects, "trainer")))
+    assert trainer["--dataset"] == "synthetic-small" and int(trainer["--epochs"]) in (1, 2)
+    for component in ("generator", "trainer"):
+        c = main_container(job(objects, component))
+        assert c["imagePullPolicy"] == "Never"
+        assert not c["image"].endswith(":latest") and ":" in c["image"]
+
+
+def test_image_tag_defaults_to_app_version():
+    app_version = chart().metadata["appVersion"]
+    objects = render({})
+    assert main_container(job(objects, "generator"))["image"] == f"ncf-tandem-generator:{app_version}"
+    assert main_container(job(objects, "trainer"))["image"] == f"ncf-tandem-trainer:{app_version}"
+
+
+# --- Job knobs --------------------------------------------------------------------
+
+def test_job_defaults_fail_fast_on_exit_code_2_and_ignore_disruptions():
+    for component in ("generator", "trainer"):
+        j = job(render({}), component)
+        spec = j["spec"]
+        assert spec["backoffLimit"] == 6 and spec["ttlSecondsAfterFinished"] == 604800
+        assert "activeDeadlineSeconds" not in spec
+        assert spec["template"]["spec"]["restartPolicy"] == "Never"
+        assert spec["podFailurePolicy"]["rules"] == [
+            {"action": "FailJob", "onExitCodes": {"containerName": component, "operator": "In", "values": [2]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+
+
+def test_job_knobs_are_per_component():
+    objects = render(EDGE_CASES["overrides"])
+    gen = job(objects, "generator")["spec"]
+    assert gen["backoffLimit"] == 0 and gen["activeDeadlineSeconds"] == 7200
+    assert "ttlSecondsAfterFinished" not in gen and "podFailurePolicy" not in gen
+    tmpl = job(objects, "generator")["spec"]["template"]
+    assert tmpl["metadata"]["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
+    assert tmpl["metadata"]["labels"]["team"] == "recsys"
+    assert tmpl["spec"]["terminationGracePeriodSeconds"] == 60
+    assert tmpl["spec"]["volumes"] == [{"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"}}]
+    assert tmpl["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert env(main_container(job(objects, "generator")))["X"] == "1"
+    tr = job(objects, "trainer")["spec"]
+    assert tr["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3]
+
+
+def test_disabled_components_render_no_job():
+    assert not [o for o in render(EDGE_CASES["generator-only"]) if o["kind"] == "Job"
+                and o["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"]
+    assert not [o for o in render(EDGE_CASES["trainer-only-local-dir"]) if o["kind"] == "Job"
+                and o["metadata"]["labels"]["app.kubernetes.io/component"] == "generator"]
+
+
+# --- GCS emulator -----------------------------------------------------------------
+
+def test_emulator_off_by_default():
+    objects = render({})
+    assert not by_kind(objects, "Deployment") and not by_kind(objects, "Service")
+    for component in ("generator", "trainer"):
+        e = env(main_container(job(objects, component)))
+        assert "STORAGE_EMULATOR_HOST" not in e
+        assert "initContainers" not in pod_spec(job(objects, component))
+
+
+def test_emulator_deployment_service_and_job_env():
+    objects = render(EDGE_CASES["emulator"])
+    (svc,) = by_kind(objects, "Service")
+    (dep,) = by_kind(objects, "Deployment")
+    url = f"http://{svc['metadata']['name']}:4443"
+    assert svc["spec"]["ports"][0]["port"] == 4443
+    assert svc["spec"]["selector"] == dep["spec"]["template"]["metadata"]["labels"]
+    server = dep["spec"]["template"]["spec"]["containers"][0]
+    assert server["image"].startswith("fsouza/fake-gcs-server:")
+    args = server["args"]
+    pairs = dict(zip(args[::2], args[1::2]))
+    assert pairs["-scheme"] == "http" and pairs["-backend"] == "memory" and pairs["-port"] == "4443"
+    assert pairs["-external-url"] == url
+    # The bucket of dataDir is created at start: a folder under -data becomes a bucket.
+    init = dep["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["args"] == ["emu-bucket"] and pairs["-data"] == "/data"
+    for component in ("generator", "trainer"):
+        spec = pod_spec(job(objects, component))
+        e = env(main_container(job(objects, component)))
+        assert e["STORAGE_EMULATOR_HOST"] == url
+        assert e["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] == "false"
+        (wait,) = spec["initContainers"]
+        assert f"{url}/storage/v1/b/emu-bucket" in wait["args"][0]
+    (test_pod,) = by_kind(objects, "Pod")
+    assert env(test_pod["spec"]["containers"][0])["STORAGE_EMULATOR_HOST"] == url
+
+
+def test_emulator_needs_a_gs_data_dir():
+    with pytest.raises(helm_python.HelmError, match="gs://bucket/prefix"):
+        render({"dataDir": "/local/dir", "gcsEmulator": {"enabled": True}})
+
+
+# --- helm test hook and NOTES -----------------------------------------------------
+
+def test_helm_test_hook_checks_result_json():
+    objects = render(load_values(CHART_DIR / "ci" / "kind-values.yaml"))
+    (pod,) = by_kind(objects, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    c = pod["spec"]["containers"][0]
+    assert c["image"] == main_container(job(objects, "generator"))["image"]
+    assert c["command"] == ["python", "-c"]
+    script, data_dir = c["args"]
+    assert data_dir == "gs://ncf-kind/runs/smoke"
+    assert "result.json" in script and "hr_at_10" in script
+    compile(script, "helm-test", "exec")
+
+
+def test_notes_explain_logs_and_status():
+    text = notes(load_values(CHART_DIR / "ci" / "kind-values.yaml"))
+    assert "logs -f job/ncf-ncf-tandem-generator" in text
+    assert "logs -f job/ncf-ncf-tandem-trainer" in text
+    assert "ncf-status gs://ncf-kind/runs/smoke" in text
+    assert "helm test ncf" in text
+
+
+# --- the schema rejects what it must ---------------------------------------------------
+
+REJECTED = [
+    ({"dataDir": "gs://b/p", "epochs": 3}, r"at '':.*additional properties 'epochs' not allowed"),
+    ({"trainer": {"training": {"epoch": 3}}}, r"at '/trainer/training':.*additional properties 'epoch' not allowed"),
+    ({"generator": {"training": {"epochs": 3}}}, r"at '/generator':.*additional properties 'training' not allowed"),
+    ({"generator": {"accelerator": {"preset": "nvidia"}}}, r"at '/generator':.*additional properties 'accelerator' not allowed"),
+    ({"trainer": {"training": {"epochs": "ten"}}}, r"at '/trainer/training/epochs':.*got string"),
+    ({"trainer": {"training": {"epochs": -1}}}, r"at '/trainer/training/epochs':.*minimum"),
+    ({"trainer": {"training": {"epochs": 0}}}, r"at '/trainer/training/epochs':.*minimum"),
+    ({"trainer": {"training": {"batchSize": 2.5}}}, r"at '/trainer/training/batchSize'"),
+    ({"trainer": {"training": {"learningRate": 0}}}, r"at '/trainer/training/learningRate'"),
+    ({"trainer": {"training": {"targetHr": 1.5}}}, r"at '/trainer/training/targetHr'"),
+    ({"trainer": {"training": {"l2": -0.1}}}, r"at '/trainer/training/l2':.*minimum"),
+    ({"trainer": {"training": {"dataset": "ml-10m"}}}, r"at '/trainer/training/dataset':.*one of"),
+    ({"trainer": {"training": {"evalMode": "fast"}}}, r"at '/trainer/training/evalMode':.*one of"),
+    ({"trainer": {"training": {"layers": "64,32"}}}, r"at '/trainer/training/layers':.*got string"),
+    ({"trainer": {"training": {"mixedPrecision": "yes"}}}, r"at '/trainer/training/mixedPrecision':.*got string"),
+    ({"trainer": {"accelerator": {"preset": "gpu"}}}, r"at '/trainer/accelerator/preset':.*one of 'none', 'nvidia', 'tpu'"),
+    ({"trainer": {"accelerator": {"nvidia": {"count": 0}}}}, r"at '/trainer/accelerator/nvidia/count':.*minimum"),
+    ({"trainer": {"accelerator": {"tpu": {"topology": "four"}}}}, r"at '/trainer/accelerator/tpu/topology'"),
+    ({"generator": {"workers": -2}}, r"at '/generator/workers':.*minimum"),
+    ({"generator": {"job": {"backoffLimit": "many"}}}, r"at '/generator/job/backoffLimit':.*got string"),
+    ({"generator": {"image": {"pullPolicy": "Sometimes"}}}, r"at '/generator/image/pullPolicy'"),
+    ({"dataDir": "s3://bucket/x"}, r"at '/dataDir'"),
+    ({"serviceAccount": {"gcpServiceAccount": "not-an-email"}}, r"at '/serviceAccount/gcpServiceAccount'"),
+    ({"serviceAccount": {"keyJson": "{...}"}}, r"at '/serviceAccount':.*additional properties 'keyJson' not allowed"),
+    ({"gcsEmulator": {"port": 70000}}, r"at '/gcsEmulator/port'"),
+]
+
+
+@pytest.mark.parametrize("values,message", REJECTED, ids=[m.split("'")[1] or "root" for _, m in REJECTED])
+def test_schema_rejects(values, message):
+    with pytest.raises(helm_python.HelmValuesError) as info:
+        render(values)
+    assert re.search(message, str(info.value), re.S), str(info.value)
+    # helm lint (what `helm install` runs first) refuses them too.
+    report = helm_python.lint(CHART_DIR, copy.deepcopy(values), strict=True)
+    assert report["errors"] or any(m["severity"] >= 3 for m in report["messages"]), report
+
+
+def test_schema_is_strict_wherever_it_is_ours():
+    schema = chart().schema
+    open_maps = {  # free-form Kubernetes objects and string maps, by design
+        "podSecurityContext", "securityContext", "affinity", "nodeSelector", "podAnnotations",
+        "podLabels", "annotations", "requests", "limits", "global",
+        "env",  # a list of Kubernetes EnvVar objects; Kubernetes' own schema checks them
+    }
+
+    def walk(node, path):
+        if node.get("type") == "object" and "properties" in node:
+            assert node.get("additionalProperties") is False, path
+            for key, sub in node["properties"].items():
+                if key not in open_maps:
+                    walk(sub, f"{path}.{key}")
+        for key in ("items",):
+            if isinstance(node.get(key), dict):
+                walk(node[key], f"{path}[]")
+
+    walk(schema, "")
+    # Every default value passes it, and every values.yaml key is described.
+    chart().validate_schema(chart().values)
+
+
+def test_values_yaml_and_schema_agree():
+    def keys(d, prefix=""):
+        for k, v in d.items():
+            yield prefix + k
+            if isinstance(v, dict) and v and k not in ("resources", "podSecurityContext", "securityContext"):
+                yield from keys(v, prefix + k + ".")
+    defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    schema = chart().schema
+    for key in keys(defaults):
+        node = schema
+        for part in key.split("."):
+            node = node["properties"][part]
+
+
+def test_merged_profile_values_pass_the_schema():
+    for path in CI_VALUES:
+        merged = deep_merge(chart().values, load_values(path))
+        chart().validate_schema(merged)
