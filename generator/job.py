@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from protocol import AlreadyPublished, Command, DatasetMeta, InvalidInput, Ready, RunDir, storage
+from protocol.cli import duration
 from protocol.peer import Heartbeat, PeerWatch
 
 from . import evaldata
@@ -126,9 +127,9 @@ class Epochs:
                     return self.finish("the trainer is done")
                 examples, seconds = self.write(writer, epoch)
                 eta = (time.monotonic() - started) / (epoch + 1 - first) * (total - epoch - 1)
-                log.info("epoch %d/%d: %s examples in %.1f s (%.1f M/s), waited %.1f s for a free buffer "
-                         "slot; ETA %s", epoch + 1, total, f"{examples:,}", seconds, examples / seconds / 1e6,
-                         waited, _duration(eta))
+                log.info("epoch %d (%d/%d): %s examples in %.1f s (%.1f M/s), waited %.1f s for a free "
+                         "buffer slot; ETA %s", epoch, epoch + 1, total, f"{examples:,}", seconds, examples / seconds / 1e6,
+                         waited, duration(eta))
         self.finish(f"all {total} epochs made")
 
     def resume_point(self) -> int:
@@ -187,9 +188,3 @@ class Epochs:
     def finish(self, why: str) -> None:
         log.info("done: %s", why)
         self.beat.update(state="done", epoch=None, message=why)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

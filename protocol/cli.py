@@ -11,6 +11,18 @@ from .errors import EXIT_OK, exit_code_for
 log = logging.getLogger("ncf")
 
 
+def duration(seconds: float) -> str:
+    """A duration as a person reads it in logs and on the status screen: 42 s, 3 min 05 s, 2 h 10 min."""
+    seconds = max(seconds, 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        minutes, rest = divmod(round(seconds), 60)
+        return f"{minutes} min {rest:02d} s"
+    hours, rest = divmod(round(seconds) // 60, 60)
+    return f"{hours} h {rest:02d} min"
+
+
 def configure_logging(side: str) -> None:
     # One line per event, timestamped, no colour: reads well in `kubectl logs`.
     logging.basicConfig(

@@ -7,20 +7,11 @@ import time
 
 from protocol import Status
 
+from protocol.cli import duration
+
 from .snapshot import SIDES, Snapshot
 
 MAX_METRIC_ROWS = 20  # older epochs are summarised: the screen must fit a terminal
-
-
-def duration(seconds: float) -> str:
-    seconds = max(seconds, 0.0)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        minutes, rest = divmod(round(seconds), 60)
-        return f"{minutes} min {rest:02d} s"
-    hours, rest = divmod(round(seconds) // 60, 60)
-    return f"{hours} h {rest:02d} min"
 
 
 def age(seconds: float) -> str:

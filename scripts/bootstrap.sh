@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the project with the given extras, once per pyproject.toml change.
-# Usage: source scripts/bootstrap.sh EXTRAS   (e.g. "train-cpu" or "dev")
-set -euo pipefail
+# Usage: bash scripts/bootstrap.sh EXTRAS     (e.g. "train-cpu" or "dev"), then
+#        source .venv/bin/activate; the other scripts source it and get .venv on PATH.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then set -euo pipefail; fi
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 extras="${1:?usage: bootstrap.sh EXTRAS}"
 venv="$repo/.venv"

@@ -168,6 +168,9 @@ def test_dataset_defaults_and_overrides(tmp_path):
     small = config(str(tmp_path))
     assert (small.batch_size, small.learning_rate, small.mf_dim, small.layers, small.num_neg, small.epochs) == \
         (256, 0.001, 16, [64, 32, 16, 8], 4, 20)
+    ml100k = train.parse_args(["--data-dir", "x", "--dataset", "ml-100k"])
+    assert (ml100k.batch_size, ml100k.learning_rate, ml100k.mf_dim, ml100k.layers) == \
+        (1024, 0.002, 16, [64, 32, 16, 8])
     large = train.parse_args(["--data-dir", "x", "--dataset", "ml-20m"])
     assert (large.batch_size, large.learning_rate, large.mf_dim, large.layers, large.num_neg, large.epochs) == \
         (2048, 0.0005, 64, [256, 256, 128, 64], 4, 20)
