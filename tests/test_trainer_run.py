@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from protocol import EpochMetrics, Result, RunDir, Status, storage
-from tests_trainer_cli import run_cli
+from trainer_support import run_cli
 from trainer_support import RUN_ID, command, generator_status, publish_epoch, trainer_args, write_run
 
 REPO = Path(__file__).resolve().parent.parent

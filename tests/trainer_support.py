@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from protocol import Command, DatasetMeta, DatasetSpec, Ready, RunDir, Status, parts, storage
+from protocol.cli import run
 
 RUN_ID = "synthetic-small-20250101-000000-abcd"
 
@@ -94,3 +95,14 @@ def write_run(url: str, cmd: Command, num_users=60, num_items=120, positives_per
     if generator_state:
         generator_status(run, cmd.run_id, generator_state)
     return run
+
+
+def run_cli(args: list[str]) -> int:
+    """Runs the trainer's console entry in this process and returns its exit code."""
+    from trainer import train
+
+    try:
+        run("trainer", lambda: train.main(args))
+    except SystemExit as done:
+        return done.code
+    raise AssertionError("protocol.cli.run returned without exiting")
