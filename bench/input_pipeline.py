@@ -4,8 +4,9 @@ Writes ~10M synthetic training examples as parts with protocol.parts (as the gen
 does), then measures, in the same run:
   raw:      open/read the same part files (the floor: bytes from the page cache);
   pipeline: trainer.data.read_epoch (read + size/CRC32C check + decode + concatenate)
-            and pulling every batch of trainer.data.batches in a tf.function (batch 65536
-            and 2048), as Keras' compiled train step pulls them.
+            and pulling every block of batches of trainer.data.blocks (batch 65536 and
+            2048, the trainer's default steps per block) in a tf.function, as the
+            trainer's compiled train call receives them.
 Last line: one JSON object of the figures.
 
     python bench/input_pipeline.py [--examples 10000000] [--parts 16] [--repeats 3]
@@ -37,7 +38,9 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from trainer import data
+    from trainer import data, train
+
+    steps = train.Config.steps_per_execution  # batches per block, as the trainer's default
 
     with tempfile.TemporaryDirectory(prefix="ncf-bench-") as tmp:
         run = RunDir(tmp)
@@ -55,10 +58,10 @@ def main() -> None:
 
         @tf.function
         def consume(dataset):
-            # Iterates in the graph, as Keras' train step pulls batches: what is measured is
-            # tf.data handing over whole batches, not Python's per-batch loop overhead.
+            # Iterates in the graph: what is measured is tf.data handing over whole blocks,
+            # not Python's loop overhead.
             return dataset.reduce(tf.constant(0, tf.int64),
-                                  lambda count, batch: count + tf.shape(batch[1], out_type=tf.int64)[0])
+                                  lambda count, block: count + tf.size(block[1], out_type=tf.int64))
 
         def raw() -> float:
             began = time.perf_counter()
@@ -71,7 +74,7 @@ def main() -> None:
             began = time.perf_counter()
             epoch = data.read_epoch(run, 0, "bench")
             read_s = time.perf_counter() - began
-            seen = int(consume(data.batches(epoch.user, epoch.item, epoch.label, batch_size)))
+            seen = int(consume(data.blocks(epoch.user, epoch.item, epoch.label, batch_size, steps)))
             assert seen == n, seen
             return time.perf_counter() - began, read_s
 
@@ -91,6 +94,7 @@ def main() -> None:
                   f"{raw_s / best:.2f} x raw read speed", flush=True)
         figures["examples_per_s"] = min(v["examples_per_s"] for k, v in figures.items() if k.startswith("batch_"))
         figures["ratio_to_raw"] = min(v["ratio_to_raw"] for k, v in figures.items() if k.startswith("batch_"))
+        figures["steps_per_block"] = steps
         figures["target_examples_per_s"] = 50_000_000
         figures["tensorflow"] = tf.__version__
     print(json.dumps(figures))

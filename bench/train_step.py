@@ -1,6 +1,7 @@
 """Training throughput of the ml-20m MLPerf model size (NeuMF: 138,493 users, 26,744 items,
 mf_dim 64, layers 256,256,128,64; Adam) at batch 2048 and 65536, through the trainer's own
-model, optimizer settings and tf.data batches (trainer.data.batches + Keras fit).
+model, optimizer settings, input blocks and epoch loop (trainer.data.blocks +
+trainer.train.epoch_trainer, the trainer's default steps per block).
 
 With a GPU present it also measures --mixed-precision and --xla together and compares
 with NVIDIA's published 34M samples/s on one A100 (AMP). Last line: one JSON object.
@@ -37,28 +38,30 @@ def measure(batch_size: int, mixed: bool, xla: bool, seconds: float) -> dict:
         model = build_neumf(NUM_USERS, NUM_ITEMS, MF_DIM, LAYERS)
         model.compile(optimizer=keras.optimizers.Adam(0.0005, beta_1=train.BETA_1, beta_2=train.BETA_2,
                                                       epsilon=train.EPSILON),
-                      loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=xla,
-                      steps_per_execution=4)
+                      loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=xla)
+    train_epoch = train.epoch_trainer(model, distribution, xla)
+    block = train.Config.steps_per_execution
     rng = np.random.default_rng(0)
 
     def dataset(steps: int):
         n = steps * batch_size
-        return data.batches(rng.integers(0, NUM_USERS, n, dtype=np.uint32),
+        return data.blocks(rng.integers(0, NUM_USERS, n, dtype=np.uint32),
                             rng.integers(0, NUM_ITEMS, n).astype(np.uint16),
-                            (rng.random(n) < 0.2).astype(np.uint8), batch_size, cast_ids=choice.kind == "tpu")
+                            (rng.random(n) < 0.2).astype(np.uint8), batch_size, block,
+                           cast_ids=choice.kind == "tpu")
 
     began = time.perf_counter()
-    model.fit(dataset(4), epochs=1, verbose=0, shuffle=False)  # compile + warm-up
+    train_epoch(dataset(block))  # compile + warm-up
     warmup_s = time.perf_counter() - began
     # Size the timed run from one more short measurement, to last about `seconds`.
-    probe_steps = 4
+    probe_steps = block
     began = time.perf_counter()
-    model.fit(dataset(probe_steps), epochs=1, verbose=0, shuffle=False)
+    train_epoch(dataset(probe_steps))
     per_step = (time.perf_counter() - began) / probe_steps
-    steps = max(4, int(seconds / per_step) // 4 * 4)
+    steps = max(block, int(seconds / per_step) // block * block)
     ds = dataset(steps)
     began = time.perf_counter()
-    model.fit(ds, epochs=1, verbose=0, shuffle=False)
+    train_epoch(ds)
     elapsed = time.perf_counter() - began
     rate = steps * batch_size / elapsed
     return {"batch_size": batch_size, "hardware": choice.kind, "precision": choice.precision, "xla": xla,

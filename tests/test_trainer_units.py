@@ -104,6 +104,54 @@ def test_neumf_mixed_precision_keeps_logit_float32():
         keras.mixed_precision.set_global_policy("float32")
 
 
+# ----------------------------------------------------------------------------- input blocks and the epoch loop
+def test_blocks_keep_every_batch_in_order():
+    from trainer import data
+
+    n, batch, steps = 2 * 4 * 3 + 2 * 4 + 3, 4, 3  # two full blocks, two more batches, a partial batch
+    user, item, label = np.arange(n, dtype=np.uint32), np.arange(n, dtype=np.uint16) % 7, np.arange(n) % 2 == 0
+    blocks = [tuple(np.asarray(t) for t in (u, i, y)) for (u, i), y in data.blocks(user, item, label, batch, steps)]
+    assert [b[0].shape for b in blocks] == [(4, 3), (4, 3), (4, 2), (3, 1)]
+    # Column k of a block is one batch; the batches follow the columns' order.
+    for column, part in ((user, 0), (item, 1), (label, 2)):
+        np.testing.assert_array_equal(np.concatenate([b[part].T.ravel() for b in blocks]), column)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_epoch_trainer_equals_keras_fit(xla):
+    """Training on blocks gives the very weights and loss of Keras' fit on one batch per step."""
+    import keras
+    import tensorflow as tf
+
+    from trainer import data, train
+    from trainer.model import build_neumf
+
+    rng = np.random.default_rng(1)
+    n, batch = 3 * 4 * 64 + 2 * 64 + 17, 64
+    user = rng.integers(0, 50, n, dtype=np.uint32)
+    item = rng.integers(0, 40, n).astype(np.uint16)
+    label = (rng.random(n) < 0.3).astype(np.uint8)
+
+    def trained(use_blocks: bool):
+        keras.mixed_precision.set_global_policy("float32")
+        keras.utils.set_random_seed(0)
+        model = build_neumf(50, 40, 4, [8, 4], l2=1e-4)
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                      jit_compile=xla)
+        if use_blocks:
+            train_epoch = train.epoch_trainer(model, tf.distribute.get_strategy(), xla)
+            losses = [train_epoch(data.blocks(user, item, label, batch, steps=4)) for _ in range(2)]
+        else:
+            batches = tf.data.Dataset.from_tensor_slices(((user, item), label)).batch(batch)
+            losses = [model.fit(batches, epochs=1, verbose=0).history["loss"][-1] for _ in range(2)]
+        return losses, model.get_weights()
+
+    (loss, weights), (fit_loss, fit_weights) = trained(True), trained(False)
+    np.testing.assert_allclose(loss, fit_loss, rtol=1e-6)
+    for w, f in zip(weights, fit_weights):
+        np.testing.assert_allclose(w, f, rtol=1e-6, atol=1e-7)
+
+
 def test_neumf_rejects_odd_first_layer():
     from trainer.model import build_neumf
 

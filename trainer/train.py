@@ -77,7 +77,7 @@ class Config:
     start_timeout: float = 3600.0
     peer_timeout: float = 300.0
     heartbeat_interval: float = 10.0
-    steps_per_execution: int = 16  # train steps per compiled call (less Python overhead per step)
+    steps_per_execution: int = 16  # batches per tf.data element and per compiled call (less overhead per step)
 
     def model_config(self) -> dict:
         """What a checkpoint must have been trained with to be resumed by these flags."""
@@ -110,7 +110,8 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--start-timeout", type=float, default=3600.0)
     p.add_argument("--peer-timeout", type=float, default=300.0)
     p.add_argument("--heartbeat-interval", type=float, default=10.0)
-    p.add_argument("--steps-per-execution", type=int, default=16)
+    p.add_argument("--steps-per-execution", type=int, default=16,
+                   help="batches per input element and per compiled train call")
     a = p.parse_args(argv)
     d = DEFAULTS[a.dataset]
     pick = lambda value, key: d[key] if value is None else value  # noqa: E731
@@ -296,10 +297,11 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
         model.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON),
             loss=keras.losses.BinaryCrossentropy(from_logits=True),
-            jit_compile=config.xla, steps_per_execution=config.steps_per_execution,
+            jit_compile=config.xla,
         )
         if state:
             checkpoint.restore(model, state[1], state[2])
+    train_epoch = epoch_trainer(model, distribution, config.xla)
     log.info("NeuMF: mf_dim %d, layers %s, %d parameters; batch %d, lr %g", config.mf_dim, config.layers,
              model.count_params(), config.batch_size, config.learning_rate)
     score_fn = tf.function(lambda u, i: model((u, i), training=False), jit_compile=config.xla, reduce_retracing=True)
@@ -324,14 +326,14 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
             heartbeat.update(state="training", epoch=epoch, message=None)
 
             began = time.monotonic()
-            fit = model.fit(data.batches(batch.user, batch.item, batch.label, config.batch_size,
-                                         cast_ids=choice.kind == "tpu"), epochs=1, verbose=0, shuffle=False)
+            loss = train_epoch(data.blocks(batch.user, batch.item, batch.label, config.batch_size,
+                                           config.steps_per_execution, cast_ids=choice.kind == "tpu"))
             train_s = time.monotonic() - began
             began = time.monotonic()
             hr, ndcg = evaluation.evaluate(score, eval_cols["user"], eval_items, eval_cols["mask"],
                                            config.eval_batch_size)
             eval_s = time.monotonic() - began
-            record = EpochMetrics(epoch=epoch, hr_at_10=hr, ndcg_at_10=ndcg, loss=float(fit.history["loss"][-1]),
+            record = EpochMetrics(epoch=epoch, hr_at_10=hr, ndcg_at_10=ndcg, loss=loss,
                                   examples_per_s=batch.num_examples / train_s, data_wait_s=waited, train_s=train_s,
                                   eval_s=eval_s, time=time.time())
             eta = (time.monotonic() - loop_started) / (epoch + 1 - first_epoch) * (command.epochs - epoch - 1)
@@ -380,6 +382,42 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
     log.info("done: %d epochs, best HR@10 %.4f (epoch %s), last HR@10 %.4f", result.epochs_trained,
              result.best_hr_at_10, result.best_epoch, result.last_hr_at_10)
     heartbeat.update(state="done", epoch=None, message="complete")
+
+
+# ----------------------------------------------------------------------------- one epoch
+def epoch_trainer(model, distribution, jit_compile: bool):
+    """Returns train_epoch(blocks) -> the epoch's loss, for a dataset from data.blocks.
+
+    Each batch is one optimizer step through Keras' own train_step (compiled loss, L2
+    penalty, loss scaling under mixed_float16, Adam), in the data's order. One compiled
+    call (XLA if jit_compile) trains a whole block, so tf.data and Python are paid once per
+    block, not per batch. The loop over a block's batches runs outside the replicas, as
+    Keras' steps_per_execution loop does: MirroredStrategy cannot all-reduce gradients in
+    control flow inside a replica. The loss is Keras' mean over the epoch's batches
+    (weighted by their sizes), as model.fit reports it."""
+    import tensorflow as tf
+
+    with distribution.scope():
+        if not model.optimizer.built:  # its variables must exist before the first compiled call
+            model.optimizer.build(model.trainable_variables)
+
+    @tf.autograph.experimental.do_not_convert
+    def train_batch(block, k):
+        (user, item), label = block
+        return model.train_step(((user[:, k], item[:, k]), label[:, k]))
+
+    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    def train_block(block):
+        for k in tf.range(tf.shape(distribution.experimental_local_results(block[1])[0])[1]):
+            distribution.run(train_batch, args=(block, k))
+
+    def train_epoch(blocks) -> float:
+        model.reset_metrics()
+        for block in distribution.experimental_distribute_dataset(blocks):
+            train_block(block)
+        return float(model.get_metrics_result()["loss"])
+
+    return train_epoch
 
 
 def export(run: RunDir, model) -> None:
