@@ -254,3 +254,13 @@ def build_image(dockerfile: str, tag: str, *, build_args: dict[str, str] | None 
     if proc.returncode != 0:
         raise AssertionError(f"docker build -f {dockerfile} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
     return time.monotonic() - started
+
+
+def prune_superseded_builds(before: float) -> None:
+    """Removes this project's untagged images made before `before` (a Unix time).
+
+    Every rebuild leaves the previous images untagged, a few GB each time; images of
+    this build stay, and with them the layer cache the next build uses.
+    """
+    docker("image", "prune", "--force", "--filter", "label=org.opencontainers.image.title=ncf-tandem",
+           "--filter", f"until={int(before)}")

@@ -49,11 +49,13 @@ def images() -> dict[str, str]:
     started = time.monotonic()
     house = ds.fill_wheelhouse("train-cpu")
     TIMINGS["wheelhouse"] = time.monotonic() - started
+    builds_started = time.time()
     with ds.serve_directory(house) as url:
         TIMINGS["build generator"] = ds.build_image("Dockerfile.gen", GENERATOR_IMAGE, wheelhouse_url=url)
         TIMINGS["build trainer"] = ds.build_image("Dockerfile.train", TRAINER_IMAGE,
                                                   build_args={"TRAIN_EXTRA": "train-cpu"},
                                                   wheelhouse_url=url)
+    ds.prune_superseded_builds(before=builds_started)
     for ref in (GENERATOR_IMAGE, TRAINER_IMAGE):
         report(f"{ref}: {ds.image_size_bytes(ref) / 1e6:.0f} MB")
     report("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in TIMINGS.items()))
