@@ -124,6 +124,8 @@ class Epochs:
             for epoch in range(first, total):
                 waited = self.wait_for_free_slot(epoch)
                 if waited is None:
+                    # Stopped early (--target-hr): nobody will read the epochs still ready.
+                    storage.delete(self.run_dir.epochs_dir)
                     return self.finish("the trainer is done")
                 examples, seconds = self.write(writer, epoch)
                 eta = (time.monotonic() - started) / (epoch + 1 - first) * (total - epoch - 1)

@@ -22,8 +22,16 @@ from .messages import Status
 log = logging.getLogger(__name__)
 
 
+# GCS sustains about one write per second to one object (more gets 429 and backoff).
+MIN_WRITE_SPACING = 1.0
+
+
 class Heartbeat:
     """Writes status/<side>.json on every state change and every `interval` seconds.
+
+    Writes are at least min(MIN_WRITE_SPACING, interval) apart: a state change that comes
+    sooner waits for its slot (epochs shorter than a second would otherwise hit GCS's
+    per-object rate limit).
 
     Used as a context manager: an exception leaving the block is recorded as state
     'failed' with its message, so the other side can stop at once instead of timing out.
@@ -34,7 +42,9 @@ class Heartbeat:
         self.interval = interval
         self.status = Status(side=side, state="starting", run_id=None, epoch=None, epochs_done=0,
                              host=socket.gethostname(), pid=os.getpid())
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards self.status
+        self._write_lock = threading.Lock()  # one write at a time, in order, spaced
+        self._last_write = float("-inf")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"{side}-heartbeat", daemon=True)
 
@@ -59,13 +69,18 @@ class Heartbeat:
             self._write()
 
     def _write(self) -> None:
-        with self._lock:
-            self.status = dataclasses.replace(self.status, time=time.time())
-            status = self.status
-        try:
-            storage.overwrite(self.url, status)
-        except Exception as error:  # a missed beat is not fatal; the peer timeout is generous
-            log.warning("could not write heartbeat %s: %s", self.url, error)
+        with self._write_lock:
+            wait = self._last_write + min(MIN_WRITE_SPACING, self.interval) - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            with self._lock:
+                self.status = dataclasses.replace(self.status, time=time.time())
+                status = self.status
+            try:
+                storage.overwrite(self.url, status)
+            except Exception as error:  # a missed beat is not fatal; the peer timeout is generous
+                log.warning("could not write heartbeat %s: %s", self.url, error)
+            self._last_write = time.monotonic()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):

@@ -11,13 +11,14 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 from generator_support import (
     last_line, make_command, part_bytes, publish_command, read_ready, read_status, ready_epochs, run_generator,
     start_generator, wait_until, write_trainer_status,
 )
 
-from protocol import Ready, RunDir, storage
+from protocol import Ready, RunDir, parts, storage
 
 
 def test_blocks_at_buffer_epochs_until_the_trainer_consumes_one(run_url, cli_env):
@@ -80,13 +81,19 @@ def test_restart_continues_after_what_the_trainer_consumed(run_url, cli_env, ml1
 
 
 def test_stops_with_exit_0_when_the_trainer_is_done(run_url, cli_env, ml100k):
-    publish_command(run_url, make_command("ml-100k", str(ml100k), epochs=20, buffer_epochs=1))
+    command = make_command("ml-100k", str(ml100k), epochs=20, buffer_epochs=2)
+    publish_command(run_url, command)
+    # The trainer stopped early (--target-hr) after epoch 0, with epoch 1 already made.
+    run = RunDir(run_url)
+    info = parts.write(storage.join(run.epoch_dir(1), run.part_name(0)), {"user": np.zeros(1, np.uint16)})
+    storage.publish_once(run.ready(run.epoch_dir(1)), Ready(run_id=command.run_id, kind="train", epoch=1,
+                                                            num_examples=1, parts=[info]))
     write_trainer_status(run_url, "done", epochs_done=1)
     result = run_generator(run_url, cli_env)
     assert result.returncode == 0, result.stderr
     status = read_status(run_url)
     assert (status.state, status.message) == ("done", "the trainer is done")
-    assert ready_epochs(run_url) == []  # it checks the trainer before each epoch
+    assert storage.listdir(run.epochs_dir) == [], "no epoch is made, and the unread one is removed"
 
 
 @pytest.mark.parametrize("document, field", [

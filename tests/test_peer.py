@@ -68,3 +68,14 @@ def test_live_and_done_peers_pass(run_url):
     watch.check()
     time.sleep(0.5)
     assert watch.check().state == "done", "a finished peer is not silent"
+
+
+def test_heartbeat_writes_are_spaced_for_gcs_rate_limits(run_url):
+    run = RunDir(run_url)
+    times = []
+    with Heartbeat(run, "trainer", interval=10) as beat:
+        for state in ("waiting", "training", "waiting"):
+            beat.update(state=state)
+            times.append(storage.read_message(run.status("trainer"), Status).time)
+    assert storage.read_message(run.status("trainer"), Status).state == "waiting", "the last state wins"
+    assert all(later - earlier >= 0.99 for earlier, later in zip(times, times[1:])), times
