@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from protocol import AlreadyPublished, InvalidInput, PartInfo, parts, storage
+from protocol.errors import first_line
 from protocol.messages import Message
 
 from .preprocess import Dataset
@@ -55,7 +56,7 @@ def load(cache_dir: str, name: str, fingerprint: str) -> Dataset | None:
     except FileNotFoundError:
         return None
     except (InvalidInput, OSError) as error:
-        log.warning("ignoring the cached copy in %s: %s", folder, str(error).splitlines()[0])
+        log.warning("ignoring the cached copy in %s: %s", folder, first_line(error, limit=None))
         return None
     return Dataset(name=name, fingerprint=fingerprint, num_users=manifest.num_users,
                    num_items=manifest.num_items, num_ratings=manifest.num_ratings,

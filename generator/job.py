@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from protocol import AlreadyPublished, Command, DatasetMeta, InvalidInput, Ready, RunDir, storage
 from protocol.cli import duration
+from protocol.runfiles import epoch_folders
 from protocol.peer import Heartbeat, PeerWatch
 
 from . import evaldata
@@ -170,8 +171,7 @@ class Epochs:
             interval = min(interval * 2, 1.0)
 
     def ready_count(self) -> int:
-        folders = filter(str.isdigit, storage.listdir(self.run_dir.epochs_dir))
-        return sum(storage.exists(RunDir.ready(storage.join(self.run_dir.epochs_dir, f))) for f in folders)
+        return sum(epoch_folders(self.run_dir).values())
 
     def write(self, writer: EpochWriter, epoch: int) -> tuple[int, float]:
         """Writes one epoch's parts, then its ready.json; returns (examples, seconds)."""

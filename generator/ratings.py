@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol import InvalidInput, storage
+from protocol.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def parse(name: str, data: bytes, source: str) -> tuple[np.ndarray, np.ndarray, 
             table = np.loadtxt(io.BytesIO(data), delimiter=delimiter, skiprows=fmt.header_lines,
                                usecols=(0, 1, 3), dtype=np.int64, ndmin=2)
     except (ValueError, UserWarning) as error:
-        reason = str(error).splitlines()[0]
+        reason = first_line(error, limit=None)
         raise InvalidInput(f"{source}: malformed {name} ratings: {reason} "
                            f"(expected 4 columns: user, item, rating, timestamp)") from None
     if len(table) == 0:

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from .errors import EXIT_OK, exit_code_for
+from .errors import EXIT_OK, exit_code_for, first_line
 
 log = logging.getLogger("ncf")
 
@@ -47,6 +47,6 @@ def run(side: str, main: Callable[[], None]) -> None:
         if code == 1:  # unexpected: the traceback is what a person needs
             log.exception("failed: %s", error)
         else:
-            log.error("%s", str(error).splitlines()[0] if str(error) else type(error).__name__)
+            log.error("%s", first_line(error, limit=None))
         sys.exit(code)
     sys.exit(EXIT_OK)

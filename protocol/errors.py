@@ -44,5 +44,10 @@ class WaitTimeout(PeerError):
     """Waited for a file longer than allowed; the message names what and for how long."""
 
 
+def first_line(error: BaseException, limit: int | None = 300) -> str:
+    """An error as one log or status line: its message's first line (or its type's name)."""
+    return (str(error).strip() or type(error).__name__).splitlines()[0][:limit]
+
+
 def exit_code_for(error: BaseException) -> int:
     return getattr(error, "exit_code", EXIT_OTHER)

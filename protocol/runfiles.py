@@ -1,9 +1,10 @@
-"""Reading the trainer's outputs that several readers share (ncf-status, the report, resume)."""
+"""Reading run files that several readers share (ncf-status, the report, the Jobs)."""
 
 from __future__ import annotations
 
 from . import storage
 from .errors import MessageError
+from .layout import RunDir
 from .messages import EpochMetrics
 
 
@@ -29,3 +30,9 @@ def read_metrics(url: str) -> tuple[list[EpochMetrics], list[str]]:
             continue
         by_epoch[record.epoch] = record
     return [by_epoch[e] for e in sorted(by_epoch)], problems
+
+
+def epoch_folders(run: RunDir) -> dict[int, bool]:
+    """The epoch folders under epochs/, each mapped to whether its ready.json is published."""
+    return {int(name): storage.exists(run.ready(run.epoch_dir(int(name))))
+            for name in storage.listdir(run.epochs_dir) if name.isdigit() and len(name) == 6}

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import AlreadyPublished, InvalidInput, WaitTimeout
+from .errors import AlreadyPublished, InvalidInput, WaitTimeout, first_line
 from .messages import Message
 
 if os.environ.get("STORAGE_EMULATOR_HOST"):
@@ -100,7 +100,7 @@ def ensure_writable(url: str) -> None:
         write_bytes(probe, b"ok")
         delete(probe)
     except (OSError, ValueError) as error:
-        raise InvalidInput(f"{url}: cannot write to the run directory ({_reason(error)})") from None
+        raise InvalidInput(f"{url}: cannot write to the run directory ({first_line(error)})") from None
 
 
 def wait_for(
@@ -129,11 +129,6 @@ def wait_for(
 
 def _as_bytes(payload: Payload) -> bytes:
     return payload.to_json() if isinstance(payload, Message) else bytes(payload)
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text.splitlines()[0][:300]
 
 
 class _LocalBackend:

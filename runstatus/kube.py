@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from protocol.errors import first_line
+
 COMPONENTS = ("generator", "trainer")
 REQUEST_TIMEOUT = (5, 15)  # connect, read (seconds): a status tool must not hang
 MAX_PODS_SHOWN = 4  # per Job; with restartPolicy Never every retry is a new pod
@@ -99,13 +101,9 @@ def _api_client(kubeconfig: str | None):
             # In a pod whose service account token is not mounted (the chart's default),
             # this says so rather than blaming the kubeconfig alone.
             raise config.ConfigException(
-                f"no kubeconfig ({_first_line(kube_error)}) and no in-cluster access "
-                f"({_first_line(pod_error)})") from None
+                f"no kubeconfig ({first_line(kube_error, 200)}) and no in-cluster access "
+                f"({first_line(pod_error, 200)})") from None
     return client.ApiClient(configuration)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error) or type(error).__name__).strip().splitlines()[0][:200]
 
 
 def _describe_error(error: Exception) -> str:
@@ -115,8 +113,7 @@ def _describe_error(error: Exception) -> str:
                 "(needs RBAC get/list on jobs.batch and pods)")
     if status is not None:
         return f"the Kubernetes API answered {status} {getattr(error, 'reason', '')}".strip()
-    text = str(error) or type(error).__name__
-    return f"cannot reach the Kubernetes API: {text.splitlines()[0][:300]}"
+    return f"cannot reach the Kubernetes API: {first_line(error)}"
 
 
 def describe_jobs(jobs: list, pods: list) -> list[JobFacts]:

@@ -14,7 +14,8 @@ from typing import Any
 
 from protocol import Command, DatasetMeta, EpochMetrics, InvalidInput, MessageError, Result, RunDir, Status
 from protocol import storage
-from protocol.runfiles import read_metrics
+from protocol.runfiles import epoch_folders, read_metrics
+from protocol.errors import first_line
 from protocol.messages import Message
 
 SIDES = ("generator", "trainer")
@@ -162,7 +163,7 @@ def check_run_dir(run: RunDir) -> None:
     except FileNotFoundError:
         found = False
     except (OSError, ValueError) as error:
-        raise InvalidInput(f"{run.url}: cannot read the run directory ({_first_line(error)})") from None
+        raise InvalidInput(f"{run.url}: cannot read the run directory ({first_line(error)})") from None
     if not found:
         raise InvalidInput(f"{run.url}: no such run directory")
 
@@ -193,15 +194,6 @@ def _read_optional(url: str, cls: type[Message], problems: list[str]) -> Any:
 
 def _read_epoch_files(run: RunDir) -> EpochFiles:
     files = EpochFiles()
-    for name in storage.listdir(run.epochs_dir):
-        if not (name.isdigit() and len(name) == 6):
-            continue  # not an epoch folder (a temporary file, say)
-        epoch = int(name)
-        ready = storage.exists(RunDir.ready(run.epoch_dir(epoch)))
+    for epoch, ready in sorted(epoch_folders(run).items()):
         (files.ready if ready else files.in_progress).append(epoch)
     return files
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error) or type(error).__name__).splitlines()[0][:300]
-

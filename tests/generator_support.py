@@ -73,12 +73,6 @@ def write_trainer_status(run_url: str, state: str, epochs_done: int = 0, message
                              time=time.time(), message=message))
 
 
-def ready_epochs(run_url: str) -> list[int]:
-    run = RunDir(run_url)
-    return [int(name) for name in storage.listdir(run.epochs_dir)
-            if storage.exists(RunDir.ready(run.epoch_dir(int(name))))]
-
-
 def wait_until(condition, timeout: float = 60, what: str = "a condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from protocol import EpochMetrics, RunDir, Status, storage
+from protocol.runfiles import epoch_folders
 
 REPO = Path(__file__).resolve().parent.parent
 # Small timings so failures surface in seconds; the defaults are minutes.
@@ -82,9 +83,7 @@ def metrics(run_url: str) -> list[EpochMetrics]:
 
 
 def ready_epochs(run_url: str) -> list[int]:
-    run = RunDir(run_url)
-    return [int(name) for name in storage.listdir(run.epochs_dir)
-            if storage.exists(run.ready(run.epoch_dir(int(name))))]
+    return sorted(epoch for epoch, ready in epoch_folders(RunDir(run_url)).items() if ready)
 
 
 def snapshot(run_url: str) -> dict[str, bytes]:

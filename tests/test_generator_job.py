@@ -14,9 +14,10 @@ import time
 import numpy as np
 import pytest
 from generator_support import (
-    last_line, make_command, part_bytes, publish_command, read_ready, read_status, ready_epochs, run_generator,
+    last_line, make_command, part_bytes, publish_command, read_ready, read_status, run_generator,
     start_generator, wait_until, write_trainer_status,
 )
+from jobs import ready_epochs
 
 from protocol import Ready, RunDir, parts, storage
 

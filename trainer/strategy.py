@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.errors import first_line
+
 log = logging.getLogger("ncf.trainer")
 
 TPU_ENV = ("TPU_NAME", "TPU_WORKER_ID", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "TPU_ACCELERATOR_TYPE")
@@ -56,7 +58,7 @@ def detect() -> Hardware:
             tf.tpu.experimental.initialize_tpu_system(resolver)
             tpu = resolver
         except (ValueError, RuntimeError, tf.errors.OpError) as error:
-            log.info("no TPU: %s", str(error).splitlines()[0] if str(error) else type(error).__name__)
+            log.info("no TPU: %s", first_line(error, limit=None))
     gpus = tuple(d.name for d in tf.config.list_physical_devices("GPU"))
     return Hardware(tpu=tpu, gpus=gpus)
 
