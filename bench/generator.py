@@ -1,13 +1,13 @@
 """Benchmark: a synthetic-20m training epoch sampled, shuffled and written to local disk.
 
-    python bench/generator.py [--workers 2] [--num-neg 4] [--epochs 2] [--dir /tmp]
+    python bench/generator.py [--workers 2] [--num-neg 4] [--epochs 5] [--dir /tmp]
 
 Writes --epochs epochs (each deleted once timed) with one EpochWriter, as the Job does.
 The first epoch also pays for first touching the shared buffer and the page cache;
-`seconds` is the last epoch (the steady state of a run), `first_epoch_seconds` the first.
-Compares with a floor measured in the same run on the same disk (best of two): drawing
-as many random item ids with numpy (one process) plus writing as many bytes, in as many
-files. Prints examples/s, the ratio to that floor and the peak RSS of this process plus
+`seconds` is the median of the others (the steady state of a run), `first_epoch_seconds`
+the first. Compares with a floor measured on the same disk after each of those epochs
+(the median): drawing as many random item ids with numpy (one process) plus writing as
+many bytes, in as many files. Prints examples/s, the ratio to that floor and the peak RSS of this process plus
 its largest child (resource.getrusage), and as its last line one JSON object.
 
 The dataset comes from the preprocessing cache (default: <tmp>/ncf-bench-cache); on a
@@ -22,6 +22,7 @@ import logging
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -40,26 +41,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--num-neg", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=2, help="epochs to write (default 2)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs to write (default 5, at least 2)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where to write (a temp folder inside)")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "ncf-bench-cache"))
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs: expected at least 2 (the first epoch is not the steady state)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s", datefmt="%H:%M:%S")
 
     dataset = prepare(DatasetSpec(name="synthetic-20m"), args.cache_dir)
     scratch = Path(tempfile.mkdtemp(prefix="ncf-bench-", dir=args.dir))
     try:
-        times = []
+        times, floor_times = [], []
         with EpochWriter(dataset, seed=0, num_neg=args.num_neg, workers=args.workers) as writer:
             for epoch in range(args.epochs):
                 started = time.perf_counter()
                 listing = writer.write(epoch, str(scratch / "epoch"))
                 times.append(time.perf_counter() - started)
                 shutil.rmtree(scratch / "epoch")
-        seconds = times[-1]
+                if epoch:  # the floor right after each steady epoch: both see the same machine
+                    floor_times.append(measure_floor(sum(p.num_examples for p in listing), dataset.num_items,
+                                                     [p.size for p in listing], scratch / "floor"))
+        seconds, floor_seconds = statistics.median(times[1:]), statistics.median(floor_times)
         examples = sum(p.num_examples for p in listing)
-        floor_seconds = min(measure_floor(examples, dataset.num_items, [p.size for p in listing], scratch / "floor")
-                            for _ in range(2))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -78,15 +82,14 @@ def main() -> None:
         "peak_rss_mb": round(peak_rss_mb),
     }
     print(f"{examples:,} examples per epoch; epochs took {', '.join(f'{t:.2f}' for t in times)} s; "
-          f"last: {examples / seconds / 1e6:.1f} M examples/s with {args.workers} workers; floor "
+          f"steady: {examples / seconds / 1e6:.1f} M examples/s with {args.workers} workers; floor "
           f"{floor_seconds:.2f} s (ratio {result['ratio_to_floor']}); "
           f"peak RSS {peak_rss_mb:.0f} MB (self + largest child)")
     print(json.dumps(result))
 
 
 def measure_floor(examples: int, num_items: int, sizes: list[int], folder: Path) -> float:
-    """Seconds to draw `examples` random item ids and to write files of these sizes."""
-    shutil.rmtree(folder, ignore_errors=True)
+    """Seconds to draw `examples` random item ids and to write files of these sizes (then deleted)."""
     folder.mkdir()
     rng = np.random.default_rng(0)
     block = 1 << 23
@@ -97,7 +100,9 @@ def measure_floor(examples: int, num_items: int, sizes: list[int], folder: Path)
     for index, size in enumerate(sizes):
         with open(folder / f"part-{index:05d}", "wb") as f:
             f.write(memoryview(payload)[:size])
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    shutil.rmtree(folder)
+    return seconds
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 `mlperf` mode draws the negatives with replacement from the items the user never rated
 (training or held out) and masks repeats after their first occurrence, as MLPerf does;
 `paper` mode draws them without replacement (mask all 1). Parts hold whole users; each
-part's draws come from a generator seeded by (seed, part), so the data is deterministic.
+part's draws come from an SFC64 stream seeded by (seed, part), so the data is deterministic.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import numpy as np
 from protocol import Command, MessageError, PartInfo, Ready, RunDir, parts, storage
 from protocol.parts import id_dtype
 
+from . import kernels
 from .preprocess import Dataset
-from .sampling import random_generator
-from .unrated import RatedItems
 
 CELLS_PER_PART = 1 << 24  # items per part (users x candidates): about 50 MB
 EVAL_STREAM = 1 << 20  # keeps eval draws apart from every epoch's
@@ -39,14 +38,14 @@ def write(run: RunDir, dataset: Dataset, command: Command) -> Ready:
     listing: list[PartInfo] = []
     for index, first in enumerate(range(0, dataset.num_users, users_per_part)):
         last = min(first + users_per_part, dataset.num_users)
-        rng = random_generator(command.seed, EVAL_STREAM, index)
-        rated_user, rated_item = _rated(dataset, indptr, first, last)
+        seed = np.random.SeedSequence([command.seed, EVAL_STREAM, index])
+        rated_indptr, rated_item = _rated(dataset, indptr, first, last)
         if command.eval_mode == "mlperf":
-            negatives, mask = _with_replacement(rated_user, rated_item, last - first, command.eval_negatives,
-                                                dataset.num_items, rng)
+            negatives, mask = _with_replacement(rated_indptr, rated_item, command.eval_negatives, dataset.num_items,
+                                                kernels.streams(seed, 1)[0])
         else:
-            negatives, mask = _without_replacement(rated_user, rated_item, last - first, command.eval_negatives,
-                                                   dataset.num_items, rng)
+            negatives, mask = _without_replacement(rated_indptr, rated_item, command.eval_negatives,
+                                                   dataset.num_items, np.random.Generator(np.random.SFC64(seed)))
         held_out = dataset.holdout[first:last, None]
         listing.append(parts.write(storage.join(run.eval_dir, RunDir.part_name(index)), {
             "user": np.arange(first, last, dtype=np.uint32),
@@ -59,30 +58,28 @@ def write(run: RunDir, dataset: Dataset, command: Command) -> Ready:
 
 
 def _rated(dataset: Dataset, indptr: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-    """(local user, item) of every rating of users first..last-1 (training and held out), by user."""
+    """Every rating of users first..last-1 (training and held out): local user u rated
+    item[rated_indptr[u]:rated_indptr[u + 1]]."""
     begin = indptr[first]
     held_out_at = indptr[first + 1:last + 1] - begin  # after each user's training items
-    item = np.insert(dataset.train_items[begin:indptr[last]].astype(np.int64), held_out_at,
-                     dataset.holdout[first:last].astype(np.int64))
-    user = np.repeat(np.arange(last - first), dataset.train_counts[first:last] + 1)
-    return user, item
+    item = np.insert(dataset.train_items[begin:indptr[last]], held_out_at, dataset.holdout[first:last])
+    return np.concatenate([[0], np.cumsum(dataset.train_counts[first:last] + 1)]), item
 
 
-def _with_replacement(rated_user, rated_item, users: int, count: int, num_items: int,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _with_replacement(rated_indptr, rated_item, count: int, num_items: int,
+                      stream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """count iid draws per user from their unrated items; mask 0 on repeats after the first."""
-    rated = RatedItems(rated_user, rated_item, users, num_items)
-    items = rated.draw_unrated(np.repeat(np.arange(users), count), rng)
-    items = items.reshape(users, count).astype(id_dtype(num_items))  # 16-bit ids sort by radix
+    items = np.empty((len(rated_indptr) - 1, count), id_dtype(num_items))  # 16-bit ids sort by radix
+    kernels.draw_unrated(rated_indptr, rated_item, num_items, stream, kernels.item_bitmap(num_items), items)
     # A stable sort within each row puts a value's first occurrence before its repeats.
     order = np.argsort(items, axis=1, kind="stable")
     ordered = np.take_along_axis(items, order, axis=1)
-    mask = np.ones((users, count), np.uint8)
+    mask = np.ones(items.shape, np.uint8)
     np.put_along_axis(mask, order[:, 1:], (ordered[:, 1:] != ordered[:, :-1]).astype(np.uint8), axis=1)
     return items, mask
 
 
-def _without_replacement(rated_user, rated_item, users: int, count: int, num_items: int,
+def _without_replacement(rated_indptr, rated_item, count: int, num_items: int,
                          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """count distinct draws per user from their unrated items.
 
@@ -90,12 +87,12 @@ def _without_replacement(rated_user, rated_item, users: int, count: int, num_ite
     1,682 items, so 999 do not fit) gets all of them; the padding is masked out, as a
     ranking over the items that exist is the only honest one.
     """
+    users = len(rated_indptr) - 1
     negatives = np.empty((users, count), np.int64)
     mask = np.ones((users, count), np.uint8)
-    starts = np.searchsorted(rated_user, np.arange(users + 1))
     unrated = np.ones(num_items, bool)
     for u in range(users):
-        mine = rated_item[starts[u]:starts[u + 1]]
+        mine = rated_item[rated_indptr[u]:rated_indptr[u + 1]]
         unrated[mine] = False
         pool = np.flatnonzero(unrated)
         if len(pool) >= count:

@@ -3,20 +3,24 @@
 One epoch is made in two stages over a shared buffer of packed examples
 (user << 32 | item << 1 | label, one uint64 each), a Rao-Sandelius shuffle:
 
-1. Chunks of whole users (about CHUNK_POSITIVES positives; a fixed split of the dataset).
-   Per chunk: draw the negatives of its users (generator.unrated: rejection against a
-   bitmap of the chunk's training positives), shuffle the chunk, and cut it into
-   one piece per slice, of sizes drawn from a multinomial, copied to that slice's region.
-2. Slices (about SLICE_EXAMPLES examples, also cache-sized). Shuffle each in place; a
-   part is a run of consecutive slices, unpacked into columns and written.
+1. Chunks of whole users (about CHUNK_POSITIVES positives, a cache-sized fixed split of
+   the dataset). Per chunk: draw the negatives of its users and put the chunk's examples
+   in random order; cut them into one piece per slice, of sizes drawn from a
+   multinomial, each copied to its slice's region of the buffer.
+2. Slices (about SLICE_EXAMPLES examples, also cache-sized). A part is a run of
+   consecutive slices, each shuffled and unpacked into the part's columns; then written.
+
+The loops over examples are compiled (generator.kernels).
 
 Each example lands in a uniformly random slice and each slice is uniformly shuffled, so
-the epoch is a uniformly random permutation. Every random draw comes from a generator
-seeded by (seed, epoch, stream, index): an epoch's bytes depend on nothing else (not on
-the number of worker processes, nor on which epochs were made before it).
+the epoch is a uniformly random permutation (tests/test_generator_kernels.py checks it).
+Every random draw comes from an SFC64 stream seeded by (seed, epoch, purpose) and the
+chunk or slice: an epoch's bytes depend on nothing else (not on the number of worker
+processes, nor on which epochs were made before it).
 
 Worker processes are forked after the buffer (an anonymous shared mapping) and the
-dataset exist, so they share both without copying; tasks carry only indices.
+dataset exist, so they share both without copying; tasks carry only offsets and the
+states of their random streams.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import mmap
 import multiprocessing
 import os
 import signal
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,20 +37,15 @@ import numpy as np
 from protocol import InvalidInput, PartInfo, RunDir, parts, storage
 from protocol.parts import id_dtype
 
+from . import kernels
 from .preprocess import Dataset
-from .unrated import RatedItems
 
-CHUNK_POSITIVES = 1 << 16
-SLICE_EXAMPLES = 1 << 17
+CHUNK_POSITIVES = 1 << 15  # about 1.3 MB of examples with 4 negatives: stays in a core's L2
+SLICE_EXAMPLES = 1 << 17  # 1 MB
 DEFAULT_PART_EXAMPLES = 1_000_000
 
-# Streams of random numbers, one generator per (seed, epoch, stream, index).
+# What a random stream is for: SeedSequence([seed, epoch, purpose]), then one per chunk or slice.
 NEGATIVES, SPLIT, SLICE = 0, 1, 2
-
-
-def random_generator(seed: int, *key: int) -> np.random.Generator:
-    # SFC64: a sound generator, and shuffles (the bulk of the work) run 13% faster than on PCG64.
-    return np.random.Generator(np.random.SFC64(np.random.SeedSequence([seed, *key])))
 
 
 @dataclass(frozen=True)
@@ -94,9 +92,8 @@ class EpochSplit:
 
     @staticmethod
     def draw(layout: EpochLayout, seed: int, epoch: int) -> EpochSplit:
-        even = np.full(layout.num_slices, 1.0 / layout.num_slices)
-        sizes = np.stack([random_generator(seed, epoch, SPLIT, c).multinomial(n, even)
-                          for c, n in enumerate(layout.chunk_examples)])
+        rng = np.random.Generator(np.random.SFC64(np.random.SeedSequence([seed, epoch, SPLIT])))
+        sizes = rng.multinomial(layout.chunk_examples, np.full(layout.num_slices, 1 / layout.num_slices))
         bounds = np.concatenate([[0], np.cumsum(sizes.sum(axis=0))])
         starts = bounds[:-1] + np.cumsum(sizes, axis=0) - sizes
         return EpochSplit(starts, sizes, bounds)
@@ -125,12 +122,14 @@ class EpochWriter:
         global _shared
         _check_negatives_exist(dataset)
         self.layout = EpochLayout.of(dataset, num_neg, part_examples)
+        _reuse_freed_memory()
         self._memory = mmap.mmap(-1, self.layout.num_examples * 8)  # shared with forked workers
         _shared = _Shared(dataset, dataset.indptr, self.layout, seed, num_neg,
                           np.frombuffer(self._memory, dtype=np.uint64))
         self._pool = None
         self._workers = workers
         if workers > 1:
+            kernels.compile_for(dataset.num_users, dataset.num_items)  # once, here: the workers inherit them
             self._pool = multiprocessing.get_context("fork").Pool(
                 workers, initializer=_die_with_parent, initargs=(os.getpid(),))
 
@@ -148,14 +147,17 @@ class EpochWriter:
 
     def write(self, epoch: int, folder: str) -> list[PartInfo]:
         """Samples, shuffles and writes epoch `epoch` as parts under folder; returns their listing."""
-        split = EpochSplit.draw(self.layout, _shared.seed, epoch)
-        self._map(_fill_chunk, [(epoch, c, split.piece_starts[c], split.piece_sizes[c])
-                                for c in range(self.layout.num_chunks)])
-        per_part = self.layout.slices_per_part
+        seed, layout = _shared.seed, self.layout
+        split = EpochSplit.draw(layout, seed, epoch)
+        chunk_streams = kernels.streams(np.random.SeedSequence([seed, epoch, NEGATIVES]), layout.num_chunks)
+        self._map(_fill_chunk, [(c, chunk_streams[c], split.piece_starts[c], split.piece_sizes[c])
+                                for c in range(layout.num_chunks)])
+        slice_streams = kernels.streams(np.random.SeedSequence([seed, epoch, SLICE]), layout.num_slices)
+        per_part = layout.slices_per_part
         return self._map(_write_part, [
-            (epoch, p, split.slice_bounds[p * per_part:(p + 1) * per_part + 1],
+            (slice_streams[p * per_part:(p + 1) * per_part], split.slice_bounds[p * per_part:(p + 1) * per_part + 1],
              storage.join(folder, RunDir.part_name(p)))
-            for p in range(self.layout.num_parts)
+            for p in range(layout.num_parts)
         ])
 
     def _map(self, function, tasks: list[tuple]) -> list:
@@ -165,50 +167,30 @@ class EpochWriter:
         return self._pool.starmap(function, tasks, chunksize=max(1, len(tasks) // (32 * self._workers)))
 
 
-def _fill_chunk(epoch: int, chunk: int, piece_starts: np.ndarray, piece_sizes: np.ndarray) -> None:
+def _fill_chunk(chunk: int, stream: np.ndarray, piece_starts: np.ndarray, piece_sizes: np.ndarray) -> None:
     """Stage 1: one chunk's positives and negatives, shuffled, cut into the slices' regions."""
     s = _shared
     first, last = s.layout.chunk_users[chunk], s.layout.chunk_users[chunk + 1]
     begin, end = s.indptr[first], s.indptr[last]
-    rng = random_generator(s.seed, epoch, NEGATIVES, chunk)
-    local_user = np.repeat(np.arange(last - first), s.dataset.train_counts[first:last])
-    positives = s.dataset.train_items[begin:end]
-    rated = RatedItems(local_user, positives, last - first, s.dataset.num_items)
-    negatives = rated.draw_unrated(np.repeat(local_user, s.num_neg), rng)  # num_neg per positive, in a row
-    user_bits = (local_user + first).astype(np.uint64) << np.uint64(32)
-    count = end - begin
-    examples = np.empty(count * (1 + s.num_neg), np.uint64)
-    np.left_shift(positives, 1, out=examples[:count], dtype=np.uint64)
-    examples[:count] |= user_bits | np.uint64(1)
-    negative_rows = examples[count:].reshape(count, s.num_neg)
-    np.left_shift(negatives.reshape(count, s.num_neg), 1, out=negative_rows, dtype=np.uint64)
-    negative_rows |= user_bits[:, None]
-    rng.shuffle(examples)
-    # Cut into pieces: the next piece_sizes[j] examples go to piece_starts[j] onwards (a loop
-    # of slice copies beats one fancy-indexed scatter here).
-    offset = 0
-    for start, size in zip(piece_starts.tolist(), piece_sizes.tolist()):
-        s.buffer[start:start + size] = examples[offset:offset + size]
-        offset += size
+    examples = np.empty(s.layout.chunk_examples[chunk], np.uint64)
+    kernels.sample_shuffled(s.indptr[first:last + 1] - begin, s.dataset.train_items[begin:end], first,
+                            s.dataset.num_items, s.num_neg,
+                            stream,
+                            kernels.item_bitmap(s.dataset.num_items), examples)
+    kernels.scatter(examples, piece_starts, piece_sizes, s.buffer)
 
 
-def _write_part(epoch: int, part: int, slice_bounds: np.ndarray, url: str) -> PartInfo:
-    """Stage 2: shuffle one part's slices in place, unpack, write."""
+def _write_part(streams: np.ndarray, slice_bounds: np.ndarray, url: str) -> PartInfo:
+    """Stage 2: shuffle each of one part's slices, unpack them into the part's columns, write."""
     s = _shared
-    first_slice = part * s.layout.slices_per_part
-    for i, (start, stop) in enumerate(zip(slice_bounds[:-1], slice_bounds[1:])):
-        random_generator(s.seed, epoch, SLICE, first_slice + i).shuffle(s.buffer[start:stop])
-    words = s.buffer[slice_bounds[0]:slice_bounds[-1]].view(np.uint32)  # (low, high) word pairs
-    low, high = (words[0::2], words[1::2]) if sys.byteorder == "little" else (words[1::2], words[0::2])
-    columns = {
-        "user": high.astype(id_dtype(s.dataset.num_users)),
-        "item": np.empty(len(low), id_dtype(s.dataset.num_items)),
-        "label": np.empty(len(low), np.uint8),
-    }
-    # One pass each, narrowing as they go (values fit: ids < num_items, labels 0 or 1).
-    np.right_shift(low, 1, out=columns["item"], casting="unsafe")
-    np.bitwise_and(low, 1, out=columns["label"], casting="unsafe")
-    return parts.write(url, columns)
+    encoded = parts.empty(slice_bounds[-1] - slice_bounds[0], {
+        "user": id_dtype(s.dataset.num_users), "item": id_dtype(s.dataset.num_items), "label": np.uint8})
+    shuffled = np.empty(np.diff(slice_bounds).max(), np.uint64)
+    for stream, start, stop in zip(streams, slice_bounds[:-1], slice_bounds[1:]):
+        kernels.shuffled_copy(stream, s.buffer[start:stop], shuffled[:stop - start])
+        at = slice(start - slice_bounds[0], stop - slice_bounds[0])
+        kernels.unpack(shuffled[:stop - start], *(encoded.columns[name][at] for name in ("user", "item", "label")))
+    return parts.write_encoded(url, encoded)
 
 
 def _check_negatives_exist(dataset: Dataset) -> None:
@@ -216,6 +198,20 @@ def _check_negatives_exist(dataset: Dataset) -> None:
     if len(full):
         raise InvalidInput(f"{dataset.name}: user {full[0]} has a training positive for every one of the "
                            f"{dataset.num_items} items, so no negative can be drawn for them")
+
+
+def _reuse_freed_memory() -> None:
+    """Each chunk and part allocates and frees a few MB. glibc gives such blocks back to the
+    kernel, and taking them again costs page faults and zeroing: a third of the time of a
+    part. Keep them in the heap instead (allocations over 64 MB, the buffer and the
+    dataset, still get their own mappings). Forked workers inherit the setting."""
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(m_mmap_threshold, 64 << 20)
+        libc.mallopt(m_trim_threshold, 256 << 20)
+    except (OSError, AttributeError):  # not glibc: slower, not wrong
+        pass
 
 
 def _die_with_parent(parent: int) -> None:

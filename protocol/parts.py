@@ -13,8 +13,10 @@ reading verifies both before anything is decoded.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import struct
+from dataclasses import dataclass
 
 import google_crc32c
 import numpy as np
@@ -34,27 +36,51 @@ def id_dtype(count: int) -> np.dtype:
     return np.dtype(np.uint16) if count <= 1 << 16 else np.dtype(np.uint32)
 
 
-def checksum(data: bytes | memoryview) -> int:
+def checksum(data: bytes | ctypes.Array) -> int:
     return google_crc32c.value(data)
 
 
-def encode(columns: dict[str, np.ndarray]) -> bytes:
-    """Serializes columns (same length along axis 0) into one part's bytes."""
+@dataclass(frozen=True)
+class Encoded:
+    """A part's bytes, with its columns as writable arrays over them: fill in place, then write."""
+
+    # A ctypes array rather than a bytearray: google_crc32c takes bytes or a buffer that
+    # needs no release (which a bytearray or memoryview does), so this one is checksummed
+    # and written as it is, with no copy.
+    data: ctypes.Array
+    columns: dict[str, np.ndarray]
+    num_examples: int
+
+
+def empty(num_examples: int, dtypes: dict[str, np.dtype], trailing: dict[str, tuple[int, ...]] | None = None) -> Encoded:
+    """A part of num_examples examples, header written, columns zero (shape: num_examples
+    then trailing[name], if any). Filling its columns in place saves a copy of every byte."""
+    num_examples = int(num_examples)
+    shapes = {name: (num_examples, *(trailing or {}).get(name, ())) for name in dtypes}
+    specs, offset = [], 0
+    for name, dtype in dtypes.items():
+        dtype = np.dtype(dtype)
+        specs.append({"name": name, "dtype": dtype.str, "shape": list(shapes[name]), "offset": offset})
+        offset = _aligned(offset + dtype.itemsize * int(np.prod(shapes[name])))
+    header = json.dumps({"format": FORMAT_VERSION, "num_examples": num_examples, "columns": specs}).encode()
+    start = _aligned(len(MAGIC) + 4 + len(header))
+    data = (ctypes.c_char * (start + offset))()  # zeroed
+    data[:len(MAGIC) + 4 + len(header)] = MAGIC + struct.pack("<I", len(header)) + header
+    columns = {spec["name"]: np.frombuffer(data, spec["dtype"], int(np.prod(spec["shape"])), start + spec["offset"])
+               .reshape(spec["shape"]) for spec in specs}
+    return Encoded(data, columns, num_examples)
+
+
+def encode(columns: dict[str, np.ndarray]) -> Encoded:
+    """Serializes columns (same length along axis 0) into one part."""
     lengths = {len(a) for a in columns.values()}
     if len(lengths) != 1:
         raise ValueError(f"columns differ in length: { {k: len(a) for k, a in columns.items()} }")
-    arrays = {name: np.ascontiguousarray(a) for name, a in columns.items()}
-    specs, offset = [], 0
-    for name, array in arrays.items():
-        specs.append({"name": name, "dtype": array.dtype.str, "shape": list(array.shape), "offset": offset})
-        offset = _aligned(offset + array.nbytes)
-    header = json.dumps({"format": FORMAT_VERSION, "num_examples": lengths.pop(), "columns": specs}).encode()
-    start = _aligned(len(MAGIC) + 4 + len(header))
-    chunks = [MAGIC, struct.pack("<I", len(header)), header, bytes(start - len(MAGIC) - 4 - len(header))]
-    for spec, array in zip(specs, arrays.values()):
-        chunks.append(memoryview(array).cast("B"))
-        chunks.append(bytes(_aligned(array.nbytes) - array.nbytes))
-    return b"".join(chunks)
+    part = empty(lengths.pop(), {name: a.dtype for name, a in columns.items()},
+                 {name: a.shape[1:] for name, a in columns.items()})
+    for name, array in columns.items():
+        part.columns[name][...] = array
+    return part
 
 
 def decode(data: bytes | memoryview, source: str = "part") -> dict[str, np.ndarray]:
@@ -86,10 +112,13 @@ def decode(data: bytes | memoryview, source: str = "part") -> dict[str, np.ndarr
 
 def write(url: str, columns: dict[str, np.ndarray]) -> PartInfo:
     """Writes one part to url and returns its listing for the ready.json."""
-    data = encode(columns)
-    storage.write_bytes(url, data)
-    num_examples = len(next(iter(columns.values())))
-    return PartInfo(name=url.rstrip("/").rsplit("/", 1)[-1], num_examples=num_examples, size=len(data), crc32c=checksum(data))
+    return write_encoded(url, encode(columns))
+
+
+def write_encoded(url: str, part: Encoded) -> PartInfo:
+    storage.write_bytes(url, part.data)
+    return PartInfo(name=url.rstrip("/").rsplit("/", 1)[-1], num_examples=part.num_examples,
+                    size=len(part.data), crc32c=checksum(part.data))
 
 
 def verify(data: bytes | memoryview, info: PartInfo, source: str) -> None:

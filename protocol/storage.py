@@ -8,6 +8,7 @@ files that other processes write (gcsfs caches listings forever by default).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import posixpath
 import socket
@@ -41,7 +42,7 @@ def read_message(url: str, cls: type[M]) -> M:
     return cls.from_json(read_bytes(url), source=url)
 
 
-def write_bytes(url: str, data: bytes) -> None:
+def write_bytes(url: str, data: bytes | ctypes.Array) -> None:
     """Plain write, for large parts: nobody reads a part that no ready.json lists."""
     backend, path = _resolve(url)
     backend.fs.pipe_file(path, data)

@@ -117,8 +117,9 @@ def test_trainer_image_has_tensorflow_cpu(images):
 
 def test_generator_image_is_small(images):
     size = ds.image_size_bytes(images["generator"])
-    # The base image plus numpy and gcsfs; TensorFlow alone would be >1 GB.
-    assert size < ds.image_size_bytes(ds.BASE_IMAGE) + 300e6, size
+    # The base image plus numpy, numba (its LLVM is 175 MB of it) and gcsfs: about 360 MB.
+    # TensorFlow alone would add over 1 GB.
+    assert size < ds.image_size_bytes(ds.BASE_IMAGE) + 450e6, size
 
 
 @pytest.mark.parametrize("component,flag", [("generator", "--data-dir"), ("trainer", "--dataset")])

@@ -33,12 +33,12 @@ def test_item_ids_beyond_65535_are_kept():
     assert parts.id_dtype(65_536) == np.uint16
     assert parts.id_dtype(65_537) == np.uint32
     items = np.array([0, 65_535, 65_536, 4_000_000_000], dtype=parts.id_dtype(5_000_000_000 // 2))
-    decoded = parts.decode(parts.encode({"item": items}))
+    decoded = parts.decode(parts.encode({"item": items}).data)
     assert decoded["item"].tolist() == [0, 65_535, 65_536, 4_000_000_000]
 
 
 def test_header_describes_format_counts_and_dtypes():
-    data = parts.encode(train_columns(n=3))
+    data = bytes(parts.encode(train_columns(n=3)).data)
     assert data.startswith(parts.MAGIC)
     assert b'"format": 1' in data and b'"num_examples": 3' in data and b'"<u4"' in data
 
@@ -70,7 +70,7 @@ def test_one_flipped_byte_is_rejected(written_part):
 def test_decode_rejects_bytes_that_are_not_a_part():
     with pytest.raises(CorruptData, match="not an ncf-tandem part"):
         parts.decode(b"PK\x03\x04 a zip file")
-    data = bytearray(parts.encode(train_columns(n=10)))
+    data = bytearray(parts.encode(train_columns(n=10)).data)
     with pytest.raises(CorruptData, match="truncated"):
         parts.decode(bytes(data[:-64]))
     data[20] = ord("{") ^ 0xFF  # break the JSON header
