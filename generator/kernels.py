@@ -14,7 +14,10 @@ uint64 on purpose.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from protocol.parts import id_dtype
 
@@ -197,14 +200,43 @@ def shuffled_copy(state, values, out):
     _store(rng, state)
 
 
+@intrinsic
+def _store_around_cache(typingctx, array, index, value):
+    """array[index] = value as a non-temporal store: the line goes to memory without first
+    being read into the cache. For data nobody reads soon (another process, later)."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array_value = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array_value, [args[1]], wraparound=False)
+        value = context.cast(builder, args[2], signature.args[2], array_type.dtype)
+        store = builder.store(value, pointer)
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+    return types.void(array, index, value), codegen
+
+
+@intrinsic
+def _fence(typingctx):
+    """A full memory fence: non-temporal stores are weakly ordered, and the workers that
+    read them next must see them all."""
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
 @njit(cache=True, nogil=True)
 def scatter(values, starts, sizes, out):
-    """Consecutive pieces of values, of the given sizes, copied to out[starts[k]:]."""
+    """Consecutive pieces of values, of the given sizes, copied to out[starts[k]:]. Around
+    the cache: out is the epoch's buffer, read in the next stage, and the pieces are
+    small (hundreds of examples each), so reading their lines in first would double the
+    memory traffic (this copy is a fifth of an epoch's work without it)."""
     offset = 0
     for k in range(len(starts)):
-        start, size = starts[k], sizes[k]
-        out[start:start + size] = values[offset:offset + size]
-        offset += size
+        for j in range(sizes[k]):
+            _store_around_cache(out, starts[k] + j, values[offset + j])
+        offset += sizes[k]
+    _fence()
 
 
 @njit(cache=True, nogil=True)
