@@ -19,7 +19,7 @@ def parse_args(argv: list[str]) -> Options:
     )
     parser.add_argument("--data-dir", required=True, help="run directory: a local path or gs://bucket/prefix")
     parser.add_argument("--workers", type=_positive(int), default=1,
-                        help="worker processes for sampling and writing (default 1); does not change the output")
+                        help="worker threads for sampling and writing (default 1); does not change the output")
     parser.add_argument("--start-timeout", type=_positive(float), default=3600.0,
                         help="seconds to wait for command.json and the trainer's first heartbeat (default 3600)")
     parser.add_argument("--peer-timeout", type=_positive(float), default=300.0,

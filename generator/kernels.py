@@ -19,8 +19,6 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from protocol.parts import id_dtype
-
 U64 = np.uint64
 ONE = U64(1)
 LOW32 = U64(0xFFFFFFFF)
@@ -39,17 +37,6 @@ def streams(seed: np.random.SeedSequence, count: int) -> np.ndarray:
 def item_bitmap(num_items: int) -> np.ndarray:
     """Scratch for sample_shuffled and draw_unrated: one zero bit per item."""
     return np.zeros((num_items + 63) // 64, np.uint64)
-
-
-def compile_for(num_users: int, num_items: int) -> None:
-    """Compiles the kernels for these id types (or loads them from numba's cache) in this
-    process, so that worker processes forked afterwards inherit them instead of each compiling."""
-    users, items = np.zeros(1, id_dtype(num_users)), np.zeros(1, id_dtype(num_items))
-    state, examples = np.zeros(4, np.uint64), np.zeros(1, np.uint64)
-    sample_shuffled(np.array([0, 1]), items, 0, num_items, 0, state, item_bitmap(num_items), examples)
-    shuffled_copy(state, examples, examples.copy())
-    scatter(examples, np.array([0]), np.array([1]), examples)
-    unpack(examples, users, items, np.zeros(1, np.uint8))
 
 
 # Inside a kernel the generator is a tuple (a, b, c, counter, spare, has_spare): each

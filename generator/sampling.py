@@ -18,18 +18,14 @@ Every random draw comes from an SFC64 stream seeded by (seed, epoch, purpose) an
 chunk or slice: an epoch's bytes depend on nothing else (not on the number of worker
 processes, nor on which epochs were made before it).
 
-Worker processes are forked after the buffer (an anonymous shared mapping) and the
-dataset exist, so they share both without copying; tasks carry only offsets and the
-states of their random streams.
+Worker threads share the buffer and the dataset; tasks carry offsets and the states of
+their random streams.
 """
 
 from __future__ import annotations
 
 import ctypes
-import mmap
-import multiprocessing
-import os
-import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,39 +95,21 @@ class EpochSplit:
         return EpochSplit(starts, sizes, bounds)
 
 
-@dataclass
-class _Shared:
-    """What the workers read: set in the parent before the pool forks."""
-
-    dataset: Dataset
-    indptr: np.ndarray
-    layout: EpochLayout
-    seed: int
-    num_neg: int
-    buffer: np.ndarray  # uint64 [num_examples], in shared memory
-
-
-_shared: _Shared | None = None
-
-
 class EpochWriter:
-    """Writes epochs into a run directory, with `workers` processes (1: in this process)."""
+    """Writes epochs into a run directory, with `workers` threads (1: this thread alone).
+
+    Threads, not processes: the compiled loops release the GIL, so the workers share the
+    buffer and the dataset as plain arrays, and tasks are plain calls."""
 
     def __init__(self, dataset: Dataset, seed: int, num_neg: int, workers: int = 1,
                  part_examples: int = DEFAULT_PART_EXAMPLES):
-        global _shared
         _check_negatives_exist(dataset)
+        self.dataset, self.seed, self.num_neg = dataset, seed, num_neg
         self.layout = EpochLayout.of(dataset, num_neg, part_examples)
+        self._indptr = dataset.indptr
         _reuse_freed_memory()
-        self._memory = mmap.mmap(-1, self.layout.num_examples * 8)  # shared with forked workers
-        _shared = _Shared(dataset, dataset.indptr, self.layout, seed, num_neg,
-                          np.frombuffer(self._memory, dtype=np.uint64))
-        self._pool = None
-        self._workers = workers
-        if workers > 1:
-            kernels.compile_for(dataset.num_users, dataset.num_items)  # once, here: the workers inherit them
-            self._pool = multiprocessing.get_context("fork").Pool(
-                workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+        self._buffer = np.empty(self.layout.num_examples, np.uint64)
+        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="epoch") if workers > 1 else None
 
     def __enter__(self) -> EpochWriter:
         return self
@@ -140,57 +118,50 @@ class EpochWriter:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+            self._threads = None
 
     def write(self, epoch: int, folder: str) -> list[PartInfo]:
         """Samples, shuffles and writes epoch `epoch` as parts under folder; returns their listing."""
-        seed, layout = _shared.seed, self.layout
-        split = EpochSplit.draw(layout, seed, epoch)
-        chunk_streams = kernels.streams(np.random.SeedSequence([seed, epoch, NEGATIVES]), layout.num_chunks)
-        self._map(_fill_chunk, [(c, chunk_streams[c], split.piece_starts[c], split.piece_sizes[c])
-                                for c in range(layout.num_chunks)])
-        slice_streams = kernels.streams(np.random.SeedSequence([seed, epoch, SLICE]), layout.num_slices)
+        layout = self.layout
+        split = EpochSplit.draw(layout, self.seed, epoch)
+        chunk_streams = kernels.streams(np.random.SeedSequence([self.seed, epoch, NEGATIVES]), layout.num_chunks)
+        self._map(self._fill_chunk, [(c, chunk_streams[c], split.piece_starts[c], split.piece_sizes[c])
+                                     for c in range(layout.num_chunks)])
+        slice_streams = kernels.streams(np.random.SeedSequence([self.seed, epoch, SLICE]), layout.num_slices)
         per_part = layout.slices_per_part
-        return self._map(_write_part, [
+        return self._map(self._write_part, [
             (slice_streams[p * per_part:(p + 1) * per_part], split.slice_bounds[p * per_part:(p + 1) * per_part + 1],
              storage.join(folder, RunDir.part_name(p)))
             for p in range(layout.num_parts)
         ])
 
     def _map(self, function, tasks: list[tuple]) -> list:
-        if self._pool is None:
+        if self._threads is None:
             return [function(*task) for task in tasks]
-        # Small batches: the stage ends with its slowest worker, so keep the last batches short.
-        return self._pool.starmap(function, tasks, chunksize=max(1, len(tasks) // (32 * self._workers)))
+        return list(self._threads.map(function, *zip(*tasks)))
 
+    def _fill_chunk(self, chunk: int, stream: np.ndarray, piece_starts: np.ndarray, piece_sizes: np.ndarray) -> None:
+        """Stage 1: one chunk's positives and negatives, shuffled, cut into the slices' regions."""
+        first, last = self.layout.chunk_users[chunk], self.layout.chunk_users[chunk + 1]
+        begin, end = self._indptr[first], self._indptr[last]
+        examples = np.empty(self.layout.chunk_examples[chunk], np.uint64)
+        kernels.sample_shuffled(self._indptr[first:last + 1] - begin, self.dataset.train_items[begin:end], first,
+                                self.dataset.num_items, self.num_neg, stream,
+                                kernels.item_bitmap(self.dataset.num_items), examples)
+        kernels.scatter(examples, piece_starts, piece_sizes, self._buffer)
 
-def _fill_chunk(chunk: int, stream: np.ndarray, piece_starts: np.ndarray, piece_sizes: np.ndarray) -> None:
-    """Stage 1: one chunk's positives and negatives, shuffled, cut into the slices' regions."""
-    s = _shared
-    first, last = s.layout.chunk_users[chunk], s.layout.chunk_users[chunk + 1]
-    begin, end = s.indptr[first], s.indptr[last]
-    examples = np.empty(s.layout.chunk_examples[chunk], np.uint64)
-    kernels.sample_shuffled(s.indptr[first:last + 1] - begin, s.dataset.train_items[begin:end], first,
-                            s.dataset.num_items, s.num_neg,
-                            stream,
-                            kernels.item_bitmap(s.dataset.num_items), examples)
-    kernels.scatter(examples, piece_starts, piece_sizes, s.buffer)
-
-
-def _write_part(streams: np.ndarray, slice_bounds: np.ndarray, url: str) -> PartInfo:
-    """Stage 2: shuffle each of one part's slices, unpack them into the part's columns, write."""
-    s = _shared
-    encoded = parts.empty(slice_bounds[-1] - slice_bounds[0], {
-        "user": id_dtype(s.dataset.num_users), "item": id_dtype(s.dataset.num_items), "label": np.uint8})
-    shuffled = np.empty(np.diff(slice_bounds).max(), np.uint64)
-    for stream, start, stop in zip(streams, slice_bounds[:-1], slice_bounds[1:]):
-        kernels.shuffled_copy(stream, s.buffer[start:stop], shuffled[:stop - start])
-        at = slice(start - slice_bounds[0], stop - slice_bounds[0])
-        kernels.unpack(shuffled[:stop - start], *(encoded.columns[name][at] for name in ("user", "item", "label")))
-    return parts.write_encoded(url, encoded)
+    def _write_part(self, streams: np.ndarray, slice_bounds: np.ndarray, url: str) -> PartInfo:
+        """Stage 2: shuffle each of one part's slices, unpack them into the part's columns, write."""
+        encoded = parts.empty(slice_bounds[-1] - slice_bounds[0], {
+            "user": id_dtype(self.dataset.num_users), "item": id_dtype(self.dataset.num_items), "label": np.uint8})
+        shuffled = np.empty(np.diff(slice_bounds).max(), np.uint64)
+        for stream, start, stop in zip(streams, slice_bounds[:-1], slice_bounds[1:]):
+            kernels.shuffled_copy(stream, self._buffer[start:stop], shuffled[:stop - start])
+            at = slice(start - slice_bounds[0], stop - slice_bounds[0])
+            kernels.unpack(shuffled[:stop - start], *(encoded.columns[name][at] for name in ("user", "item", "label")))
+        return parts.write_encoded(url, encoded)
 
 
 def _check_negatives_exist(dataset: Dataset) -> None:
@@ -204,7 +175,7 @@ def _reuse_freed_memory() -> None:
     """Each chunk and part allocates and frees a few MB. glibc gives such blocks back to the
     kernel, and taking them again costs page faults and zeroing: a third of the time of a
     part. Keep them in the heap instead (allocations over 64 MB, the buffer and the
-    dataset, still get their own mappings). Forked workers inherit the setting."""
+    dataset, still get their own mappings)."""
     m_trim_threshold, m_mmap_threshold = -1, -3
     try:
         libc = ctypes.CDLL(None)
@@ -212,13 +183,3 @@ def _reuse_freed_memory() -> None:
         libc.mallopt(m_trim_threshold, 256 << 20)
     except (OSError, AttributeError):  # not glibc: slower, not wrong
         pass
-
-
-def _die_with_parent(parent: int) -> None:
-    """Pool worker initializer: a worker whose parent is killed (kill -9) must not linger."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):  # elsewhere: no such call; orphans end with the pod
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
