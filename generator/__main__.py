@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 from protocol import cli
 
 from .job import Options, run
 from .sampling import DEFAULT_PART_EXAMPLES
+
+# cgroup v2: "<quota> <period>" in microseconds, or "max <period>". A pod's limits.cpu shows
+# only here: the CPUs a container sees (affinity) are the node's.
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -18,8 +24,9 @@ def parse_args(argv: list[str]) -> Options:
                     "dataset metadata, the eval data and every training epoch (DESIGN.md).",
     )
     parser.add_argument("--data-dir", required=True, help="run directory: a local path or gs://bucket/prefix")
-    parser.add_argument("--workers", type=_positive(int), default=1,
-                        help="worker threads for sampling and writing (default 1); does not change the output")
+    parser.add_argument("--workers", type=_positive(int), default=usable_cpus(),
+                        help="worker threads for sampling and writing (default: the CPUs this container may "
+                             "use, %(default)s here); does not change the output")
     parser.add_argument("--start-timeout", type=_positive(float), default=3600.0,
                         help="seconds to wait for command.json and the trainer's first heartbeat (default 3600)")
     parser.add_argument("--peer-timeout", type=_positive(float), default=300.0,
@@ -36,6 +43,19 @@ def parse_args(argv: list[str]) -> Options:
     return Options(data_dir=args.data_dir, workers=args.workers, start_timeout=args.start_timeout,
                    peer_timeout=args.peer_timeout, heartbeat_interval=args.heartbeat_interval,
                    cache_dir=args.cache_dir, part_examples=args.part_examples)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup CPU limit."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open(CGROUP_CPU_MAX) as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 here, or not this format: no limit known
+        pass
+    return cpus
 
 
 def _positive(kind):

@@ -19,6 +19,7 @@ from generator_support import (
 )
 from jobs import ready_epochs
 
+from generator import __main__ as generator_cli
 from protocol import Ready, RunDir, parts, storage
 
 
@@ -162,3 +163,17 @@ def test_an_epoch_of_another_run_exits_2(run_url, cli_env, ml100k):
     assert result.returncode == 2
     assert last_line(result.stderr).endswith(f"{stale} belongs to run another-run, not to test-run: "
                                              "stale data of another run in this run directory")
+
+
+@pytest.mark.parametrize("cpu_max,expected", [
+    ("50000 100000\n", lambda cpus: 1),  # limits.cpu: 500m
+    ("150000 100000\n", lambda cpus: min(cpus, 2)),  # 1.5 CPUs: both, part-time
+    ("max 100000\n", lambda cpus: cpus),  # no limit
+    (None, lambda cpus: cpus),  # no cgroup v2
+])
+def test_workers_default_to_the_cpus_the_container_may_use(tmp_path, monkeypatch, cpu_max, expected):
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    monkeypatch.setattr(generator_cli, "CGROUP_CPU_MAX", str(path))
+    assert generator_cli.usable_cpus() == expected(len(os.sched_getaffinity(0)))
