@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 from protocol import AlreadyPublished, Command, DatasetMeta, InvalidInput, Ready, RunDir, storage
 from protocol.cli import duration
-from protocol.runfiles import epoch_folders
+from protocol.runfiles import epoch_folders, epoch_numbers
 from protocol.peer import Heartbeat, PeerWatch
 
 from . import evaldata
 from .datasets import prepare
 from .preprocess import Dataset
-from .sampling import EpochWriter
+from .sampling import DEFAULT_PART_EXAMPLES, EpochWriter
 
 log = logging.getLogger("ncf.generator")
 
@@ -35,7 +35,7 @@ class Options:
     peer_timeout: float = 300.0
     heartbeat_interval: float = 10.0
     cache_dir: str | None = None
-    part_examples: int = 1_000_000
+    part_examples: int = DEFAULT_PART_EXAMPLES
 
 
 def default_cache_dir(data_dir: str) -> str:
@@ -141,10 +141,10 @@ class Epochs:
         Folders without a ready.json are leftovers of a killed attempt: deleted.
         """
         ready = []
-        for name in filter(str.isdigit, storage.listdir(self.run_dir.epochs_dir)):
-            folder = storage.join(self.run_dir.epochs_dir, name)
+        for epoch in epoch_numbers(self.run_dir):
+            folder = self.run_dir.epoch_dir(epoch)
             if is_published(RunDir.ready(folder), self.command.run_id):
-                ready.append(int(name))
+                ready.append(epoch)
             else:
                 log.info("deleting %s: an unfinished epoch of an earlier attempt", folder)
                 storage.delete(folder)

@@ -190,7 +190,7 @@ def shuffled_copy(state, values, out):
 @intrinsic
 def _store_around_cache(typingctx, array, index, value):
     """array[index] = value as a non-temporal store: the line goes to memory without first
-    being read into the cache. For data nobody reads soon (another process, later)."""
+    being read into the cache. For data nobody reads soon (the next stage, later)."""
     def codegen(context, builder, signature, args):
         array_type = signature.args[0]
         array_value = context.make_array(array_type)(context, builder, args[0])

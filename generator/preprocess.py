@@ -44,9 +44,6 @@ class Dataset:
         """User u's training items are train_items[indptr[u]:indptr[u + 1]]."""
         return np.concatenate([[0], np.cumsum(self.train_counts)])
 
-    def train_users(self) -> np.ndarray:
-        return np.repeat(np.arange(self.num_users, dtype=np.uint32), self.train_counts)
-
     def meta(self, run_id: str) -> DatasetMeta:
         return DatasetMeta(run_id=run_id, dataset=self.name, fingerprint=self.fingerprint,
                            num_users=self.num_users, num_items=self.num_items,

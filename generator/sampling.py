@@ -16,10 +16,7 @@ Each example lands in a uniformly random slice and each slice is uniformly shuff
 the epoch is a uniformly random permutation (tests/test_generator_kernels.py checks it).
 Every random draw comes from an SFC64 stream seeded by (seed, epoch, purpose) and the
 chunk or slice: an epoch's bytes depend on nothing else (not on the number of worker
-processes, nor on which epochs were made before it).
-
-Worker threads share the buffer and the dataset; tasks carry offsets and the states of
-their random streams.
+threads, nor on which epochs were made before it).
 """
 
 from __future__ import annotations

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .preprocess import MIN_RATINGS
 from .ratings import RawRatings, Source
-
-MIN_RATINGS = 20
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,11 @@ class RunDir:
 
     @property
     def meta(self) -> str:
-        return join(self.url, "dataset", "meta.json")
+        return join(self.dataset, "meta.json")
 
     @property
     def eval_dir(self) -> str:
-        return join(self.url, "dataset", "eval")
+        return join(self.dataset, "eval")
 
     @property
     def epochs_dir(self) -> str:

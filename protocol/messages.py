@@ -21,7 +21,6 @@ from .errors import MessageError
 PROTOCOL_VERSION = 1
 DATASETS = ("ml-100k", "ml-1m", "ml-20m", "synthetic-small", "synthetic-20m")
 EVAL_MODES = ("mlperf", "paper")
-STATES = ("starting", "waiting", "preprocessing", "generating", "training", "done", "failed")
 SIDES = ("generator", "trainer")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

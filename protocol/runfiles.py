@@ -32,7 +32,16 @@ def read_metrics(url: str) -> tuple[list[EpochMetrics], list[str]]:
     return [by_epoch[e] for e in sorted(by_epoch)], problems
 
 
+def write_metrics(url: str, records: list[EpochMetrics]) -> None:
+    """metrics.jsonl holding these records, one line each (replacing what was there)."""
+    storage.overwrite(url, b"".join(record.to_line() for record in records))
+
+
+def epoch_numbers(run: RunDir) -> list[int]:
+    """The epochs that have a folder under epochs/ (RunDir.epoch_dir's names), in order."""
+    return sorted(int(name) for name in storage.listdir(run.epochs_dir) if name.isdigit() and len(name) == 6)
+
+
 def epoch_folders(run: RunDir) -> dict[int, bool]:
     """The epoch folders under epochs/, each mapped to whether its ready.json is published."""
-    return {int(name): storage.exists(run.ready(run.epoch_dir(int(name))))
-            for name in storage.listdir(run.epochs_dir) if name.isdigit() and len(name) == 6}
+    return {epoch: storage.exists(run.ready(run.epoch_dir(epoch))) for epoch in epoch_numbers(run)}

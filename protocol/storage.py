@@ -65,14 +65,12 @@ def overwrite(url: str, payload: Payload) -> None:
 
 def exists(url: str) -> bool:
     backend, path = _resolve(url)
-    backend.fs.invalidate_cache()
     return backend.fs.exists(path)
 
 
 def listdir(url: str) -> list[str]:
     """Names (not paths) directly under url, sorted; [] if the folder does not exist."""
     backend, path = _resolve(url)
-    backend.fs.invalidate_cache()
     try:
         entries = backend.fs.ls(path, detail=False)
     except FileNotFoundError:
@@ -83,7 +81,6 @@ def listdir(url: str) -> list[str]:
 def delete(url: str) -> None:
     """Removes a file or a folder with everything in it; a missing one is not an error."""
     backend, path = _resolve(url)
-    backend.fs.invalidate_cache()
     try:
         backend.fs.rm(path, recursive=True)
     except FileNotFoundError:
@@ -203,17 +200,15 @@ class _GCSBackend:
         self.fs.pipe_file(path, data)  # one object write is atomic on GCS
 
 
-_backends: dict[tuple[int, str], _LocalBackend | _GCSBackend] = {}
+_backends: dict[str, _LocalBackend | _GCSBackend] = {}
 
 
 def _resolve(url: str) -> tuple[_LocalBackend | _GCSBackend, str]:
     scheme = url.split("://", 1)[0] if "://" in url else "file"
     if scheme not in ("file", "gs"):
         raise InvalidInput(f"{url}: expected a local path or a gs://bucket/prefix URL")
-    # Keyed by pid: a filesystem object (and gcsfs's event loop) must not cross a fork.
-    key = (os.getpid(), scheme)
-    if key not in _backends:
-        _backends[key] = _LocalBackend() if scheme == "file" else _GCSBackend()
-    backend = _backends[key]
+    if scheme not in _backends:
+        _backends[scheme] = _LocalBackend() if scheme == "file" else _GCSBackend()
+    backend = _backends[scheme]
     path = url.split("://", 1)[1] if scheme == "gs" else os.path.abspath(url.removeprefix("file://"))
     return backend, path

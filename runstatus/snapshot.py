@@ -16,9 +16,8 @@ from protocol import Command, DatasetMeta, EpochMetrics, InvalidInput, MessageEr
 from protocol import storage
 from protocol.runfiles import epoch_folders, read_metrics
 from protocol.errors import first_line
-from protocol.messages import Message
+from protocol.messages import SIDES, Message
 
-SIDES = ("generator", "trainer")
 FINAL_STATES = ("done", "failed")
 # Heartbeats are rewritten every 10 s: a live side is never this far behind.
 STALE_HEARTBEAT_S = 60.0

@@ -72,15 +72,3 @@ def write_trainer_status(run_url: str, state: str, epochs_done: int = 0, message
                       Status(side="trainer", state=state, run_id=run_id, epoch=None, epochs_done=epochs_done,
                              time=time.time(), message=message))
 
-
-def wait_until(condition, timeout: float = 60, what: str = "a condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def user_items(train_counts: np.ndarray, items: np.ndarray) -> set[tuple[int, int]]:
-    users = np.repeat(np.arange(len(train_counts)), train_counts)
-    return set(zip(users.tolist(), items.tolist()))

@@ -57,13 +57,13 @@ def trainer(run_url: str, log_dir: Path, env: dict[str, str], *extra: str, epoch
     return Job("trainer", args, log_dir, env)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, describe: str) -> object:
+def wait_until(predicate: Callable[[], object], timeout: float, describe: str, poll: float = 0.2) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for {describe}")
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from generator_support import (
     last_line, make_command, part_bytes, publish_command, read_ready, read_status, run_generator,
-    start_generator, wait_until, write_trainer_status,
+    start_generator, write_trainer_status,
 )
-from jobs import ready_epochs
+from jobs import ready_epochs, wait_until
 
 from generator import __main__ as generator_cli
 from protocol import Ready, RunDir, parts, storage
@@ -28,14 +28,14 @@ def test_blocks_at_buffer_epochs_until_the_trainer_consumes_one(run_url, cli_env
     write_trainer_status(run_url, "training")
     process = start_generator(run_url, cli_env)
     try:
-        wait_until(lambda: ready_epochs(run_url) == [0, 1], what="epochs 0 and 1")
-        wait_until(lambda: read_status(run_url).state == "waiting", what="the generator to wait")
+        wait_until(lambda: ready_epochs(run_url) == [0, 1], 60, "epochs 0 and 1", poll=0.02)
+        wait_until(lambda: read_status(run_url).state == "waiting", 60, "the generator to wait", poll=0.02)
         time.sleep(1.0)
         assert ready_epochs(run_url) == [0, 1]
         assert not storage.listdir(RunDir(run_url).epoch_dir(2))  # not even started
         assert read_status(run_url).epochs_done == 2
         for consumed in range(4):  # the trainer: status first, then delete
-            wait_until(lambda: consumed in ready_epochs(run_url), what=f"epoch {consumed}")
+            wait_until(lambda: consumed in ready_epochs(run_url), 60, f"epoch {consumed}", poll=0.02)
             assert len(ready_epochs(run_url)) <= 2
             write_trainer_status(run_url, "training", epochs_done=consumed + 1)
             storage.delete(RunDir(run_url).epoch_dir(consumed))
@@ -61,7 +61,7 @@ def test_restart_after_kill_9_mid_epoch_gives_the_same_bytes(run_url, cli_env, m
 
     process = start_generator(run_url, cli_env, "--part-examples", "2000", "--workers", "2")
     try:
-        wait_until(mid_epoch, what="the generator to be writing epoch 1")
+        wait_until(mid_epoch, 60, "the generator to be writing epoch 1", poll=0.02)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
     finally:

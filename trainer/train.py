@@ -30,6 +30,7 @@ from protocol import (AlreadyPublished, Command, DatasetMeta, DatasetSpec, Epoch
                       Result, RunDir, storage)
 from protocol.cli import duration
 from protocol.peer import Heartbeat, PeerWatch
+from protocol.runfiles import epoch_numbers, write_metrics
 
 log = logging.getLogger("ncf.trainer")
 
@@ -263,11 +264,11 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
     if state:
         log.info("resuming from the checkpoint after epoch %d", epochs_done - 1)
         # A kill between checkpoint and delete leaves consumed epochs and a stale metrics file.
-        for name in storage.listdir(run.epochs_dir):
-            if name.isdigit() and int(name) < epochs_done:
-                log.info("deleting epochs/%s (consumed before the restart)", name)
-                storage.delete(run.epoch_dir(int(name)))
-        storage.overwrite(run.metrics, b"".join(m.to_line() for m in history))
+        for epoch in epoch_numbers(run):
+            if epoch < epochs_done:
+                log.info("deleting epochs/%06d (consumed before the restart)", epoch)
+                storage.delete(run.epoch_dir(epoch))
+        write_metrics(run.metrics, history)
     heartbeat.update(epochs_done=epochs_done)
 
     # Dataset shape and eval data from the generator.
@@ -350,7 +351,7 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
             # Checkpoint, metrics, status, delete: in this order (see the module docstring).
             checkpoint.save(run, model, checkpoint.State(command.run_id, epochs_done, finished, started,
                                                          config.model_config(), history))
-            storage.overwrite(run.metrics, b"".join(m.to_line() for m in history))
+            write_metrics(run.metrics, history)
             heartbeat.update(epochs_done=epochs_done, examples_per_s=record.examples_per_s, flush=True)
             storage.delete(run.epoch_dir(epoch))
             del batch
