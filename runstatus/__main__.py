@@ -89,7 +89,8 @@ def watch(args: argparse.Namespace, run_dir: RunDir) -> None:
             try:
                 phase = show_once(args, run_dir, clear)
             except OSError as error:  # a network blip must not end a watch of a long run
-                print(f"could not read {run_dir.url} ({error}); trying again in {args.watch:g} s", flush=True)
+                print(f"could not read {run_dir.url} ({error}); trying again in {args.watch:g} s", file=sys.stderr,
+                      flush=True)
                 time.sleep(args.watch)
                 continue
             if phase in FINAL_STATES:

@@ -22,12 +22,12 @@ FIGSIZE = (12.0, 3.8)  # inches: three panels side by side
 DPI = 100  # 1200 x 380 pixels, a few tens of KB
 
 
-def write_report(run: RunDir) -> None:
-    """Draws HR@10 / NDCG@10, loss and data wait per epoch from metrics.jsonl into run.report."""
+def write_report(run: RunDir, target_hr: float | None = None) -> None:
+    """Draws HR@10 / NDCG@10, loss and data wait per epoch from metrics.jsonl into run.report,
+    with a line at target_hr (default: result.json's, if the run has one)."""
     records = read_metrics(run)
     title = _title(run)
-    target_hr = _target_hr(run)
-    storage.overwrite(run.report, draw(records, title, target_hr))
+    storage.overwrite(run.report, draw(records, title, target_hr if target_hr is not None else _target_hr(run)))
 
 
 def read_metrics(run: RunDir) -> list[EpochMetrics]:
@@ -47,8 +47,8 @@ def _title(run: RunDir) -> str:
 
 
 def _target_hr(run: RunDir) -> float | None:
-    # result.json is written after the report at the end of a run; when it is already
-    # there (a report redrawn later) its target is worth a line on the HR plot.
+    # A report redrawn after the run: result.json holds the target (the trainer passes its
+    # own, as it draws the report before it writes result.json).
     try:
         return storage.read_message(run.result, Result).target_hr
     except (FileNotFoundError, MessageError):

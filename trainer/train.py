@@ -363,7 +363,7 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
     try:
         from trainer.report import write_report
 
-        write_report(run)
+        write_report(run, config.target_hr)
     except Exception as error:  # the report is a convenience; never fail a trained run for it
         log.warning("could not write the report: %s: %s", type(error).__name__, error)
     best = max(history, key=lambda m: m.hr_at_10) if history else None
