@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from protocol import Ready, RunDir, parts, storage  # noqa: E402
+from protocol import Ready, RunDir, parts, storage
 
 
 def main() -> None:
@@ -38,9 +36,10 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from trainer import data, train
+    from trainer import data
+    from trainer.config import Config
 
-    steps = train.Config.steps_per_execution  # batches per block, as the trainer's default
+    steps = Config.steps_per_execution  # batches per block, as the trainer's default
 
     with tempfile.TemporaryDirectory(prefix="ncf-bench-") as tmp:
         run = RunDir(tmp)

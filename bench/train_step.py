@@ -1,7 +1,7 @@
 """Training throughput of the ml-20m MLPerf model size (NeuMF: 138,493 users, 26,744 items,
 mf_dim 64, layers 256,256,128,64; Adam) at batch 2048 and 65536, through the trainer's own
 model, optimizer settings, input blocks and epoch loop (trainer.data.blocks +
-trainer.train.epoch_trainer, the trainer's default steps per block).
+trainer.model.epoch_trainer, the trainer's default steps per block).
 
 With a GPU present it also measures --mixed-precision and --xla together and compares
 with NVIDIA's published 34M samples/s on one A100 (AMP). Last line: one JSON object.
@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 A100_SAMPLES_PER_S = 34e6  # NVIDIA, MLPerf v0.5 NCF, one A100, AMP
 NUM_USERS, NUM_ITEMS, MF_DIM, LAYERS = 138_493, 26_744, 64, [256, 256, 128, 64]
@@ -29,18 +27,16 @@ NUM_USERS, NUM_ITEMS, MF_DIM, LAYERS = 138_493, 26_744, 64, [256, 256, 128, 64]
 def measure(batch_size: int, mixed: bool, xla: bool, seconds: float) -> dict:
     import keras
 
-    from trainer import data, strategy, train
-    from trainer.model import build_neumf
+    from trainer import data, strategy
+    from trainer.config import Config
+    from trainer.model import build_neumf, compile_neumf, epoch_trainer
 
     keras.backend.clear_session()
     choice, distribution = strategy.setup(mixed)
     with distribution.scope():
-        model = build_neumf(NUM_USERS, NUM_ITEMS, MF_DIM, LAYERS)
-        model.compile(optimizer=keras.optimizers.Adam(0.0005, beta_1=train.BETA_1, beta_2=train.BETA_2,
-                                                      epsilon=train.EPSILON),
-                      loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=xla)
-    train_epoch = train.epoch_trainer(model, distribution, xla)
-    block = train.Config.steps_per_execution
+        model = compile_neumf(build_neumf(NUM_USERS, NUM_ITEMS, MF_DIM, LAYERS), 0.0005, xla)
+    train_epoch = epoch_trainer(model, distribution, xla)
+    block = Config.steps_per_execution
     rng = np.random.default_rng(0)
 
     def dataset(steps: int):

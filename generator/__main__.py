@@ -8,6 +8,7 @@ import os
 import sys
 
 from protocol import cli
+from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S
 
 from .job import Options, run
 from .sampling import DEFAULT_PART_EXAMPLES
@@ -27,12 +28,12 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--workers", type=_positive(int), default=usable_cpus(),
                         help="worker threads for sampling and writing (default: the CPUs this container may "
                              "use, %(default)s here); does not change the output")
-    parser.add_argument("--start-timeout", type=_positive(float), default=3600.0,
-                        help="seconds to wait for command.json and the trainer's first heartbeat (default 3600)")
-    parser.add_argument("--peer-timeout", type=_positive(float), default=300.0,
-                        help="seconds the trainer's heartbeat may stay unchanged before giving up (default 300)")
-    parser.add_argument("--heartbeat-interval", type=_positive(float), default=10.0,
-                        help="seconds between rewrites of status/generator.json (default 10)")
+    parser.add_argument("--start-timeout", type=_positive(float), default=START_TIMEOUT_S,
+                        help="seconds to wait for command.json and the trainer's first heartbeat (default %(default)s)")
+    parser.add_argument("--peer-timeout", type=_positive(float), default=PEER_TIMEOUT_S,
+                        help="seconds the trainer's heartbeat may stay unchanged before giving up (default %(default)s)")
+    parser.add_argument("--heartbeat-interval", type=_positive(float), default=HEARTBEAT_INTERVAL_S,
+                        help="seconds between rewrites of status/generator.json (default %(default)s)")
     parser.add_argument("--cache-dir", default=None,
                         help="where preprocessed datasets are cached, local or gs:// "
                              "(default: ncf-cache next to the run directory)")

@@ -9,13 +9,13 @@ without a ready.json are deleted and regenerated with the same bytes.
 from __future__ import annotations
 
 import logging
-import os
-import posixpath
 import time
 from dataclasses import dataclass
 
 from protocol import AlreadyPublished, Command, DatasetMeta, InvalidInput, Ready, RunDir, storage
 from protocol.cli import duration
+from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S
+from protocol.messages import differences
 from protocol.runfiles import epoch_folders, epoch_numbers
 from protocol.peer import Heartbeat, PeerWatch
 
@@ -31,20 +31,16 @@ log = logging.getLogger("ncf.generator")
 class Options:
     data_dir: str
     workers: int = 1
-    start_timeout: float = 3600.0
-    peer_timeout: float = 300.0
-    heartbeat_interval: float = 10.0
+    start_timeout: float = START_TIMEOUT_S
+    peer_timeout: float = PEER_TIMEOUT_S
+    heartbeat_interval: float = HEARTBEAT_INTERVAL_S
     cache_dir: str | None = None
     part_examples: int = DEFAULT_PART_EXAMPLES
 
 
 def default_cache_dir(data_dir: str) -> str:
     """A folder `ncf-cache` next to the run directory, shared by the runs beside it."""
-    if "://" in data_dir:
-        scheme, path = data_dir.split("://", 1)
-        parent = posixpath.dirname(path.rstrip("/"))
-        return f"{scheme}://{parent or path.rstrip('/')}/ncf-cache"
-    return os.path.join(os.path.dirname(os.path.abspath(data_dir)), "ncf-cache")
+    return storage.sibling(data_dir, "ncf-cache")
 
 
 def run(options: Options) -> None:
@@ -75,8 +71,8 @@ def publish_meta(run_dir: RunDir, meta: DatasetMeta) -> None:
         storage.publish_once(run_dir.meta, meta)
     except AlreadyPublished:
         earlier = storage.read_message(run_dir.meta, DatasetMeta)
-        if earlier != meta:
-            fields = [k for k, v in meta.to_dict().items() if earlier.to_dict()[k] != v]
+        fields = differences(meta.to_dict(), earlier.to_dict())
+        if fields:
             raise InvalidInput(f"{run_dir.meta} was published by an earlier attempt with a different "
                                f"{', '.join(fields)}; this run directory belongs to another run") from None
         log.info("dataset/meta.json already published by an earlier attempt; it matches")
@@ -97,10 +93,7 @@ def is_published(ready_url: str, run_id: str) -> bool:
     """Whether ready_url exists; it must then be of this run (never mix in another run's data)."""
     if not storage.exists(ready_url):
         return False
-    ready = storage.read_message(ready_url, Ready)
-    if ready.run_id != run_id:
-        raise InvalidInput(f"{ready_url} belongs to run {ready.run_id}, not to {run_id}: stale data of "
-                           f"another run in this run directory")
+    storage.read_message(ready_url, Ready, run_id)
     return True
 
 
@@ -155,20 +148,24 @@ class Epochs:
     def wait_for_free_slot(self, epoch: int) -> float | None:
         """Seconds waited until fewer than buffer_epochs epochs are ready; None if the trainer is done."""
         started = time.monotonic()
-        interval = 0.05
-        announced = False
-        while True:
+        polls = 0
+
+        def free_or_done() -> str | None:
+            nonlocal polls
             status = self.trainer.check()
             if status is not None and status.state == "done" and status.run_id == self.command.run_id:
-                return None
+                return "done"
             if self.ready_count() < self.command.buffer_epochs:
-                return time.monotonic() - started
-            if not announced:
-                announced = True
+                return "free"
+            polls += 1
+            if polls == 1:
                 self.beat.update(state="waiting", epoch=epoch, message=f"{self.command.buffer_epochs} epochs "
                                                                        "ready: waiting for the trainer to consume one")
-            time.sleep(interval)
-            interval = min(interval * 2, 1.0)
+            return None
+
+        # No deadline of its own: the trainer's heartbeat (PeerWatch) bounds this wait.
+        outcome = storage.wait_until(free_or_done, float("inf"), "a free buffer slot", max_interval=1.0)
+        return None if outcome == "done" else time.monotonic() - started
 
     def ready_count(self) -> int:
         return sum(epoch_folders(self.run_dir).values())

@@ -26,6 +26,14 @@ class MessageError(InvalidInput):
         super().__init__(f"{where}: expected {expected}{detail}")
 
 
+class ForeignRun(InvalidInput):
+    """A document of another run in this run directory: using it would mix two runs."""
+
+    def __init__(self, source: str, theirs: object, ours: str):
+        super().__init__(f"{source} belongs to run {theirs}, not to {ours}: stale data of another run "
+                         f"in this run directory")
+
+
 class CorruptData(InvalidInput):
     """A part whose size, checksum or layout does not match what its ready.json lists."""
 

@@ -16,12 +16,18 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from .errors import MessageError
+from .defaults import HEARTBEAT_INTERVAL_S
+from .errors import ForeignRun, MessageError
 
 PROTOCOL_VERSION = 1
-DATASETS = ("ml-100k", "ml-1m", "ml-20m", "synthetic-small", "synthetic-20m")
-EVAL_MODES = ("mlperf", "paper")
-SIDES = ("generator", "trainer")
+# Each set of names is written once, as a type; the tuples, flags and checks derive from it.
+DatasetName = Literal["ml-100k", "ml-1m", "ml-20m", "synthetic-small", "synthetic-20m"]
+EvalMode = Literal["mlperf", "paper"]
+Side = Literal["generator", "trainer"]
+State = Literal["starting", "waiting", "preprocessing", "generating", "training", "done", "failed"]
+DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
+EVAL_MODES: tuple[str, ...] = typing.get_args(EvalMode)
+SIDES: tuple[str, ...] = typing.get_args(Side)
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -80,11 +86,45 @@ class Message:
         return record
 
     def _check_bounds(self, source: str, prefix: str = "") -> None:
+        """Ranges and Literal choices; run when a message is built as well as when it is read."""
+        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             minimum = f.metadata.get("min")
             value = getattr(self, f.name)
             if minimum is not None and value is not None and value < minimum:
                 raise MessageError(source, prefix + f.name, f"a number >= {minimum}", value)
+            choices = _literal_choices(hints[f.name])
+            if choices and value not in choices and not (value is None and _optional(hints[f.name])):
+                raise MessageError(source, prefix + f.name, "one of " + ", ".join(map(repr, choices)), value)
+
+    def belongs_to(self, run_id: str, source: str) -> typing.Self:
+        """This message, if it is of run `run_id`; else ForeignRun (never mix two runs' data)."""
+        theirs = getattr(self, "run_id")
+        if theirs != run_id:
+            raise ForeignRun(source, theirs, run_id)
+        return self
+
+
+def differences(ours: dict[str, Any], theirs: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The keys (sorted) whose values differ between two documents, except `ignore`."""
+    return sorted(k for k in ours.keys() | theirs.keys() if k not in ignore and ours.get(k) != theirs.get(k))
+
+
+def describe_differences(ours: dict[str, Any], theirs: dict[str, Any], names: list[str],
+                         ours_as: str, theirs_as: str) -> str:
+    """`name: theirs in <theirs_as>, ours from <ours_as>; ...` for a one-line error."""
+    return "; ".join(f"{k}: {theirs.get(k)!r} in {theirs_as}, {ours.get(k)!r} from {ours_as}" for k in names)
+
+
+def _optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _literal_choices(hint: Any) -> tuple[Any, ...]:
+    """The allowed values of a Literal (or Literal | None) hint; () for any other hint."""
+    if _optional(hint):
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
 
 
 def _convert(value: Any, hint: Any, source: str, name: str) -> Any:
@@ -95,10 +135,6 @@ def _convert(value: Any, hint: Any, source: str, name: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(value, inner, source, name)
-    if origin is Literal:
-        if value not in args:
-            raise MessageError(source, name, "one of " + ", ".join(map(repr, args)), value)
-        return value
     if origin is list:
         if not isinstance(value, list):
             raise MessageError(source, name, "a list", value)
@@ -131,12 +167,10 @@ class DatasetSpec(Message):
     """Which ratings to train on: a known dataset and optionally where its raw file lies."""
 
     source_name: ClassVar[str] = "dataset"
-    name: Literal["ml-100k", "ml-1m", "ml-20m", "synthetic-small", "synthetic-20m"]
+    name: DatasetName
     ratings: str | None = None  # local path or gs:// URL; None: download (MovieLens) or synthesize
 
     def validate(self, source: str) -> None:
-        if self.name not in DATASETS:
-            raise MessageError(source, "dataset.name", "one of " + ", ".join(DATASETS), self.name)
         if self.name.startswith("synthetic") and self.ratings is not None:
             raise MessageError(source, "dataset.ratings", "null for a synthetic dataset", self.ratings)
 
@@ -152,7 +186,7 @@ class Command(Message):
     num_neg: int = at_least(1, default=4)
     train_batch_size: int = at_least(1, default=2048)
     eval_negatives: int = at_least(1, default=999)
-    eval_mode: Literal["mlperf", "paper"] = "mlperf"
+    eval_mode: EvalMode = "mlperf"
     seed: int = at_least(0, default=0)
     buffer_epochs: int = at_least(1, default=3)
     protocol: int = PROTOCOL_VERSION
@@ -160,8 +194,6 @@ class Command(Message):
     def validate(self, source: str) -> None:
         _check_protocol(self.protocol, source)
         _check_run_id(self.run_id, source)
-        if self.eval_mode not in EVAL_MODES:
-            raise MessageError(source, "eval_mode", "one of " + ", ".join(EVAL_MODES), self.eval_mode)
 
     def check_against(self, meta: DatasetMeta, source: str | None = None) -> None:
         """Bounds that need the dataset: negatives must fit in the item catalogue."""
@@ -175,8 +207,7 @@ class Command(Message):
 
     def differences(self, other: Command) -> list[str]:
         """Names of the settings (everything but run_id) in which two commands differ."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        return [k for k in mine if k != "run_id" and mine[k] != theirs[k]]
+        return differences(self.to_dict(), other.to_dict(), ignore=("run_id",))
 
 
 @dataclass(frozen=True)
@@ -247,8 +278,8 @@ class Status(Message):
     """status/<side>.json: a heartbeat with the side's state, rewritten while it runs."""
 
     source_name: ClassVar[str] = "status.json"
-    side: Literal["generator", "trainer"]
-    state: Literal["starting", "waiting", "preprocessing", "generating", "training", "done", "failed"]
+    side: Side
+    state: State
     run_id: str | None
     epoch: int | None  # the epoch being worked on, if any
     epochs_done: int = at_least(0)  # generator: epochs made ready; trainer: epochs consumed
@@ -257,6 +288,8 @@ class Status(Message):
     pid: int = 0
     examples_per_s: float | None = None
     message: str | None = None  # what it is doing or, when failed, why
+    # The writer's promise: readers (ncf-status, the peer) judge staleness against it.
+    heartbeat_interval: float = at_least(0.0, default=HEARTBEAT_INTERVAL_S)
     protocol: int = PROTOCOL_VERSION
 
     def validate(self, source: str) -> None:

@@ -15,6 +15,7 @@ import threading
 import time
 
 from . import storage
+from .defaults import HEARTBEAT_INTERVAL_S
 from .errors import MessageError, PeerError
 from .layout import RunDir
 from .messages import Status
@@ -37,11 +38,11 @@ class Heartbeat:
     'failed' with its message, so the other side can stop at once instead of timing out.
     """
 
-    def __init__(self, run: RunDir, side: str, interval: float = 10.0):
+    def __init__(self, run: RunDir, side: str, interval: float = HEARTBEAT_INTERVAL_S):
         self.url = run.status(side)
         self.interval = interval
         self.status = Status(side=side, state="starting", run_id=None, epoch=None, epochs_done=0,
-                             host=socket.gethostname(), pid=os.getpid())
+                             host=socket.gethostname(), pid=os.getpid(), heartbeat_interval=interval)
         self._lock = threading.Lock()  # guards self.status
         self._write_lock = threading.Lock()  # one write at a time, in order, spaced
         self._last_write = float("-inf")

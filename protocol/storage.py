@@ -25,6 +25,7 @@ if os.environ.get("STORAGE_EMULATOR_HOST"):
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 Payload = bytes | Message
 
 
@@ -32,14 +33,37 @@ def join(url: str, *names: str) -> str:
     return posixpath.join(url.rstrip("/"), *names) if "://" in url else os.path.join(url, *names)
 
 
+def absolute(url: str) -> str:
+    """The URL with a local path made absolute (a child process may run elsewhere)."""
+    return url if "://" in url else os.path.abspath(url)
+
+
+def parent(url: str) -> str:
+    """The folder that holds url: gs://b/runs/x -> gs://b/runs; a bucket's root is its own parent."""
+    if "://" not in url:
+        return os.path.dirname(os.path.abspath(url))
+    scheme, path = url.split("://", 1)
+    path = path.rstrip("/")
+    return f"{scheme}://{posixpath.dirname(path) or path}"
+
+
+def sibling(url: str, name: str) -> str:
+    """`name` in the folder that holds url."""
+    return join(parent(url), name)
+
+
 def read_bytes(url: str) -> bytes:
     backend, path = _resolve(url)
     return backend.fs.cat_file(path)
 
 
-def read_message(url: str, cls: type[M]) -> M:
-    """Reads and validates a message; a bad document raises MessageError naming the URL."""
-    return cls.from_json(read_bytes(url), source=url)
+def read_message(url: str, cls: type[M], run_id: str | None = None) -> M:
+    """Reads and validates a message; a bad document raises MessageError naming the URL.
+
+    With run_id: the document must belong to that run, else ForeignRun (exit code 2).
+    """
+    message = cls.from_json(read_bytes(url), source=url)
+    return message if run_id is None else message.belongs_to(run_id, url)
 
 
 def write_bytes(url: str, data: bytes | ctypes.Array) -> None:
@@ -101,28 +125,34 @@ def ensure_writable(url: str) -> None:
         raise InvalidInput(f"{url}: cannot write to the run directory ({first_line(error)})") from None
 
 
-def wait_for(
-    url: str,
+def wait_until(
+    predicate: Callable[[], T],
     timeout: float,
     describe: str,
     check: Callable[[], None] | None = None,
     max_interval: float = 2.0,
-) -> None:
-    """Polls until url exists, backing off to max_interval.
+) -> T:
+    """Polls predicate until it returns something true, backing off from 0.05 s to max_interval.
 
     `check` runs on every poll and may raise (the other side failed or went silent).
     Raises WaitTimeout naming what it waited for and for how long.
     """
     started = time.monotonic()
     interval = 0.05
-    while not exists(url):
+    while not (outcome := predicate()):
         if check is not None:
             check()
         waited = time.monotonic() - started
         if waited >= timeout:
-            raise WaitTimeout(f"waited {waited:.0f} s for {describe} ({url}); giving up")
+            raise WaitTimeout(f"waited {waited:.0f} s for {describe}; giving up")
         time.sleep(min(interval, max(timeout - waited, 0.01)))
         interval = min(interval * 2, max_interval)
+    return outcome
+
+
+def wait_for(url: str, timeout: float, describe: str, check: Callable[[], None] | None = None) -> None:
+    """Polls until url exists (see wait_until)."""
+    wait_until(lambda: exists(url), timeout, f"{describe} ({url})", check)
 
 
 def _as_bytes(payload: Payload) -> bytes:

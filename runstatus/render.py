@@ -64,7 +64,7 @@ def _side_line(snapshot: Snapshot, side: str) -> str:
     where = f" on {status.host}" if status.host else ""
     beat = f"heartbeat {age(snapshot.heartbeat_age(side))}"
     if snapshot.is_stale(side):
-        beat += " (STALE: it should beat every 10 s)"
+        beat += f" (STALE: it should beat every {status.heartbeat_interval:g} s)"
     speed = f", {status.examples_per_s:,.0f} examples/s" if status.examples_per_s else ""
     line = f"{label}{status.state.upper()}{epoch}{where}, {beat}{speed}"
     if status.message:

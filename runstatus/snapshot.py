@@ -19,8 +19,8 @@ from protocol.errors import first_line
 from protocol.messages import SIDES, Message
 
 FINAL_STATES = ("done", "failed")
-# Heartbeats are rewritten every 10 s: a live side is never this far behind.
-STALE_HEARTBEAT_S = 60.0
+# A live side rewrites its heartbeat every Status.heartbeat_interval s: six missed beats is stale.
+STALE_AFTER_BEATS = 6
 
 
 @dataclass
@@ -87,7 +87,8 @@ class Snapshot:
 
     def is_stale(self, side: str) -> bool:
         status, age = self.status[side], self.heartbeat_age(side)
-        return age is not None and status.state not in FINAL_STATES and age > STALE_HEARTBEAT_S
+        return (age is not None and status.state not in FINAL_STATES
+                and age > STALE_AFTER_BEATS * status.heartbeat_interval)
 
     @property
     def mean_epoch_s(self) -> float | None:

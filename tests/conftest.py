@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("NCF_TEST_CACHE", Path.home() / ".cache" / "ncf-tandem-tests"))
 
 

@@ -29,8 +29,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Iterator
+from builders import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "python:3.11-slim"
 STANDIN_LABEL = "org.ncf-tandem.base-image-standin"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -8,33 +8,18 @@ from __future__ import annotations
 
 import time
 
-from protocol import Command, DatasetMeta, DatasetSpec, EpochMetrics, PartInfo, Ready, Result, RunDir, Status
+from builders import RUN_ID, command, write_status
+from protocol import Command, DatasetMeta, EpochMetrics, PartInfo, Ready, Result, RunDir
 from protocol import storage
 
-RUN_ID = "run-20261126-a1b2"
 
-
-def command(epochs: int = 20, buffer_epochs: int = 3) -> Command:
-    return Command(run_id=RUN_ID, dataset=DatasetSpec(name="synthetic-small"), epochs=epochs, num_neg=4,
-                   train_batch_size=2048, eval_negatives=999, eval_mode="mlperf", seed=7,
-                   buffer_epochs=buffer_epochs)
-
-
-def write_command(run: RunDir, **kwargs) -> Command:
-    cmd = command(**kwargs)
+def write_command(run: RunDir, epochs: int = 20, buffer_epochs: int = 3) -> Command:
+    cmd = command(epochs=epochs, buffer_epochs=buffer_epochs, seed=7)
     storage.publish_once(run.command, cmd)
     storage.publish_once(run.meta, DatasetMeta(run_id=RUN_ID, dataset="synthetic-small", fingerprint="abc123",
                                                num_users=6040, num_items=3706, num_ratings=1000209,
                                                num_train=994169))
     return cmd
-
-
-def write_status(run: RunDir, side: str, state: str, epochs_done: int = 0, epoch: int | None = None,
-                 age_s: float = 3.0, message: str | None = None, examples_per_s: float | None = None) -> None:
-    storage.overwrite(run.status(side), Status(
-        side=side, state=state, run_id=RUN_ID, epoch=epoch, epochs_done=epochs_done,
-        time=time.time() - age_s, host=f"ncf-{side}-0", pid=1, examples_per_s=examples_per_s,
-        message=message))
 
 
 def write_epoch(run: RunDir, epoch: int, ready: bool = True) -> None:
@@ -78,9 +63,9 @@ def write_result(run: RunDir, records: list[EpochMetrics], target_hr: float | No
 def mid_run(run: RunDir, trained: int = 5, epochs: int = 20) -> None:
     """A run in full swing: 5 epochs trained, 3 more ready in the buffer, one being written."""
     write_command(run, epochs=epochs)
-    write_status(run, "generator", "generating", epochs_done=trained + 3, epoch=trained + 3, age_s=4,
+    write_status(run.url, "generator", "generating", epochs_done=trained + 3, epoch=trained + 3, age_s=4,
                  message="waiting for a free buffer slot")
-    write_status(run, "trainer", "training", epochs_done=trained, epoch=trained, age_s=12,
+    write_status(run.url, "trainer", "training", epochs_done=trained, epoch=trained, age_s=12,
                  examples_per_s=2_450_000)
     for epoch in range(trained, trained + 3):
         write_epoch(run, epoch)

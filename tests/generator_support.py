@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-from protocol import Command, DatasetSpec, Ready, RunDir, Status, parts, storage
+from protocol import Command, Ready, RunDir, Status, parts, storage
+import builders
+from builders import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def make_command(dataset: str = "ml-100k", ratings: str | None = None, **settings) -> Command:
-    defaults = dict(run_id="test-run", epochs=2, num_neg=4, eval_negatives=99, eval_mode="mlperf", seed=7,
-                    buffer_epochs=10)
-    return Command(dataset=DatasetSpec(name=dataset, ratings=ratings), **{**defaults, **settings})
-
-
-def publish_command(run_url: str, command: Command) -> None:
-    storage.publish_once(RunDir(run_url).command, command)
+    """The generator tests' usual command: 2 epochs, 99 eval negatives, a buffer that never fills."""
+    defaults = dict(epochs=2, eval_negatives=99, seed=7, buffer_epochs=10)
+    return builders.command(dataset, ratings, **{**defaults, **settings})
 
 
 def generator_args(run_url: str, *extra: str) -> list[str]:
@@ -63,12 +58,7 @@ def part_bytes(run_url: str, epoch: int) -> list[bytes]:
 
 
 def read_status(run_url: str, side: str = "generator") -> Status:
-    return storage.read_message(RunDir(run_url).status(side), Status)
-
-
-def write_trainer_status(run_url: str, state: str, epochs_done: int = 0, message: str | None = None,
-                         run_id: str = "test-run") -> None:
-    storage.overwrite(RunDir(run_url).status("trainer"),
-                      Status(side="trainer", state=state, run_id=run_id, epoch=None, epochs_done=epochs_done,
-                             time=time.time(), message=message))
+    status = builders.read_status(run_url, side)
+    assert status is not None, f"no status/{side}.json"
+    return status
 

@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from protocol import EpochMetrics, RunDir, Status, storage
+from protocol import RunDir, storage
 from protocol.runfiles import epoch_folders
+from builders import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 # Small timings so failures surface in seconds; the defaults are minutes.
 FAST = ["--heartbeat-interval", "0.5", "--peer-timeout", "8", "--start-timeout", "60"]
 
@@ -65,21 +65,6 @@ def wait_until(predicate: Callable[[], object], timeout: float, describe: str, p
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for {describe}")
-
-
-def status(run_url: str, side: str) -> Status | None:
-    try:
-        return storage.read_message(RunDir(run_url).status(side), Status)
-    except FileNotFoundError:
-        return None
-
-
-def metrics(run_url: str) -> list[EpochMetrics]:
-    try:
-        text = storage.read_bytes(RunDir(run_url).metrics).decode()
-    except FileNotFoundError:
-        return []
-    return [EpochMetrics.from_json(line) for line in text.splitlines() if line.strip()]
 
 
 def ready_epochs(run_url: str) -> list[int]:

@@ -11,7 +11,7 @@ import pytest
 from generator.__main__ import parse_args as parse_generator_args
 from k8s_support import job, main_container, render
 from test_chart import ALL_VALUE_SETS, EDGE_CASES, EVERY_TRAINING_VALUE, IDS
-from trainer.train import parse_args as parse_trainer_args
+from trainer.config import parse_args as parse_trainer_args
 
 
 @pytest.mark.parametrize("values", [v for _, v in ALL_VALUE_SETS], ids=IDS)
@@ -48,3 +48,13 @@ def test_generator_reads_its_resources():
     assert (options.workers, options.cache_dir) == (3, "gs://b/cache")
     assert (options.start_timeout, options.peer_timeout, options.heartbeat_interval) == (3600, 600, 5)
     assert options.part_examples == 100000
+
+
+@pytest.mark.parametrize("workload", ["jobs", "jobset"])
+def test_fractional_timeouts_reach_both_programs_as_seconds(workload):
+    timeouts = {"start": 5400, "peer": 90.5, "heartbeatInterval": 0.25}
+    objects = render({"workload": workload, "generator": {"timeouts": timeouts}, "trainer": {"timeouts": timeouts}})
+    options = parse_generator_args(main_container(job(objects, "generator"))["args"])
+    config = parse_trainer_args(main_container(job(objects, "trainer"))["args"])
+    for parsed in (options, config):
+        assert (parsed.start_timeout, parsed.peer_timeout, parsed.heartbeat_interval) == (5400, 90.5, 0.25)

@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from jobs import generator, metrics, ready_epochs, snapshot, status, trainer, wait_until
-from protocol import Command, DatasetSpec, Ready, Result, RunDir, parts, storage
+from builders import command, metrics
+from builders import read_status as status
+from jobs import generator, ready_epochs, snapshot, trainer, wait_until
+from protocol import Ready, Result, RunDir, parts, storage
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +93,7 @@ def test_trainer_never_starts_and_generator_exits_3(run_url, tmp_path, cli_env):
 
 
 def test_stale_run_directory_is_refused_and_left_untouched(run_url, tmp_path, cli_env):
-    old = Command(run_id="old-run", dataset=DatasetSpec("synthetic-small"), epochs=9, eval_negatives=99)
+    old = command(run_id="old-run", epochs=9, eval_negatives=99)
     storage.ensure_writable(run_url)
     storage.publish_once(RunDir(run_url).command, old)
     before = snapshot(run_url)
@@ -130,9 +132,9 @@ def test_foreign_ready_json_is_refused(run_url, tmp_path, cli_env):
     (lambda text: text.replace('"train_batch_size": 256', '"train_batch_size": -256'), "'train_batch_size'"),
 ])
 def test_invalid_command_fails_the_generator_with_exit_2(run_url, tmp_path, cli_env, mangle, field):
-    command = Command(run_id="hand-made", dataset=DatasetSpec("synthetic-small"), train_batch_size=256, seed=0)
+    hand_made = command(run_id="hand-made", train_batch_size=256, seed=0)
     storage.ensure_writable(run_url)
-    storage.publish_once(RunDir(run_url).command, mangle(command.to_json().decode()).encode())
+    storage.publish_once(RunDir(run_url).command, mangle(hand_made.to_json().decode()).encode())
     gen = generator(run_url, tmp_path, cli_env)
     assert gen.wait(60) == 2, gen.log[-3000:]
     assert field in gen.log.splitlines()[-1], "the last log line names the problem"

@@ -11,7 +11,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from generator_support import make_command, part_bytes, publish_command, read_columns, read_ready, read_status
+from builders import publish_command
+from generator_support import make_command, part_bytes, read_columns, read_ready, read_status
 
 from generator import sampling
 from generator.job import Options, run

@@ -13,9 +13,10 @@ import time
 
 import numpy as np
 import pytest
+from builders import publish_command, write_status
 from generator_support import (
-    last_line, make_command, part_bytes, publish_command, read_ready, read_status, run_generator,
-    start_generator, write_trainer_status,
+    last_line, make_command, part_bytes, read_ready, read_status, run_generator,
+    start_generator,
 )
 from jobs import ready_epochs, wait_until
 
@@ -25,7 +26,7 @@ from protocol import Ready, RunDir, parts, storage
 
 def test_blocks_at_buffer_epochs_until_the_trainer_consumes_one(run_url, cli_env):
     publish_command(run_url, make_command("synthetic-small", epochs=4, buffer_epochs=2))
-    write_trainer_status(run_url, "training")
+    write_status(run_url, "trainer", "training")
     process = start_generator(run_url, cli_env)
     try:
         wait_until(lambda: ready_epochs(run_url) == [0, 1], 60, "epochs 0 and 1", poll=0.02)
@@ -37,7 +38,7 @@ def test_blocks_at_buffer_epochs_until_the_trainer_consumes_one(run_url, cli_env
         for consumed in range(4):  # the trainer: status first, then delete
             wait_until(lambda: consumed in ready_epochs(run_url), 60, f"epoch {consumed}", poll=0.02)
             assert len(ready_epochs(run_url)) <= 2
-            write_trainer_status(run_url, "training", epochs_done=consumed + 1)
+            write_status(run_url, "trainer", "training", epochs_done=consumed + 1)
             storage.delete(RunDir(run_url).epoch_dir(consumed))
         assert process.wait(timeout=60) == 0
     finally:
@@ -75,7 +76,7 @@ def test_restart_after_kill_9_mid_epoch_gives_the_same_bytes(run_url, cli_env, m
 
 def test_restart_continues_after_what_the_trainer_consumed(run_url, cli_env, ml100k):
     publish_command(run_url, make_command("ml-100k", str(ml100k), epochs=4))
-    write_trainer_status(run_url, "training", epochs_done=3)  # epochs 0-2 consumed and deleted
+    write_status(run_url, "trainer", "training", epochs_done=3)  # epochs 0-2 consumed and deleted
     result = run_generator(run_url, cli_env)
     assert result.returncode == 0, result.stderr
     assert ready_epochs(run_url) == [3]
@@ -90,7 +91,7 @@ def test_stops_with_exit_0_when_the_trainer_is_done(run_url, cli_env, ml100k):
     info = parts.write(storage.join(run.epoch_dir(1), run.part_name(0)), {"user": np.zeros(1, np.uint16)})
     storage.publish_once(run.ready(run.epoch_dir(1)), Ready(run_id=command.run_id, kind="train", epoch=1,
                                                             num_examples=1, parts=[info]))
-    write_trainer_status(run_url, "done", epochs_done=1)
+    write_status(run_url, "trainer", "done", epochs_done=1)
     result = run_generator(run_url, cli_env)
     assert result.returncode == 0, result.stderr
     status = read_status(run_url)
@@ -139,7 +140,7 @@ def test_no_command_within_start_timeout_exits_3(run_url, cli_env):
 
 def test_failed_trainer_exits_3(run_url, cli_env, ml100k):
     publish_command(run_url, make_command("ml-100k", str(ml100k), epochs=20, buffer_epochs=1))
-    write_trainer_status(run_url, "failed", message="CUDA out of memory")
+    write_status(run_url, "trainer", "failed", message="CUDA out of memory")
     result = run_generator(run_url, cli_env)
     assert result.returncode == 3
     assert "the trainer failed: CUDA out of memory" in last_line(result.stderr)
@@ -148,7 +149,7 @@ def test_failed_trainer_exits_3(run_url, cli_env, ml100k):
 
 def test_silent_trainer_exits_3(run_url, cli_env, ml100k):
     publish_command(run_url, make_command("ml-100k", str(ml100k), epochs=5, buffer_epochs=1))
-    write_trainer_status(run_url, "training")  # and never again
+    write_status(run_url, "trainer", "training")  # and never again
     result = run_generator(run_url, cli_env, "--peer-timeout", "2")
     assert result.returncode == 3
     assert "the trainer went silent" in last_line(result.stderr)

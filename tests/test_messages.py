@@ -4,13 +4,14 @@ import json
 
 import pytest
 
+import builders
+
 from protocol import Command, DatasetMeta, DatasetSpec, MessageError, PartInfo, Ready, Status
 from protocol.errors import EXIT_INVALID, exit_code_for
 
 
 def command(**changes) -> Command:
-    fields = dict(run_id="run-1", dataset=DatasetSpec("ml-1m", "gs://b/ratings.dat"))
-    return Command(**{**fields, **changes})
+    return builders.command("ml-1m", "gs://b/ratings.dat", **changes)
 
 
 def test_command_round_trips_through_json():
@@ -98,3 +99,45 @@ def test_status_accepts_only_known_states():
     assert Status.from_json(status.to_json()) == status
     with pytest.raises(MessageError, match="'state'"):
         Status.from_json(status.to_json().replace(b'"training"', b'"sleeping"'))
+
+
+@pytest.mark.parametrize("build, field", [
+    (lambda: Status(side="gen", state="training", run_id="r", epoch=None, epochs_done=0), "side"),
+    (lambda: Status(side="trainer", state="bogus", run_id="r", epoch=None, epochs_done=0), "state"),
+    (lambda: command(eval_mode="exact"), "eval_mode"),
+    (lambda: DatasetSpec("ml-30m"), "name"),
+    (lambda: command(num_neg=0), "num_neg"),
+])
+def test_choices_and_ranges_are_checked_when_a_message_is_built(build, field):
+    with pytest.raises(MessageError) as error:
+        build()
+    assert error.value.field == field
+
+
+def test_dataset_names_and_eval_modes_come_from_their_types():
+    from protocol.messages import DATASETS, EVAL_MODES
+    from trainer.config import PRESETS
+
+    assert DATASETS == ("ml-100k", "ml-1m", "ml-20m", "synthetic-small", "synthetic-20m")
+    assert EVAL_MODES == ("mlperf", "paper")
+    assert set(PRESETS) == set(DATASETS)
+
+
+def test_a_document_of_another_run_is_refused_in_one_wording():
+    from protocol import ForeignRun
+
+    with pytest.raises(ForeignRun) as error:
+        command(run_id="theirs").belongs_to("ours", "gs://b/run/command.json")
+    assert str(error.value) == ("gs://b/run/command.json belongs to run theirs, not to ours: stale data of another "
+                                "run in this run directory")
+    assert exit_code_for(error.value) == EXIT_INVALID
+    assert command(run_id="ours").belongs_to("ours", "x").run_id == "ours"
+
+
+def test_differences_are_named_and_described_once():
+    from protocol.messages import describe_differences, differences
+
+    ours, theirs = {"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 5, "d": 4}
+    assert differences(ours, theirs) == ["b", "c", "d"]
+    assert differences(ours, theirs, ignore=("c", "d")) == ["b"]
+    assert describe_differences(ours, theirs, ["b"], "the flags", "the file") == "b: 5 in the file, 2 from the flags"

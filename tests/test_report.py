@@ -6,7 +6,6 @@ import io
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from PIL import Image
 
@@ -14,8 +13,8 @@ import fake_run
 from protocol import RunDir
 from protocol import storage
 from trainer.report import DPI, FIGSIZE, write_report
+from builders import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SIZE = (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
 
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 import fake_run
+from builders import write_status
 from protocol import RunDir
 from protocol import storage
 from runstatus.render import duration
+from builders import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def ncf_status(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -96,8 +97,8 @@ def test_json_has_the_same_facts_for_scripts(run_url, cli_env):
 def test_empty_buffer_says_the_trainer_may_wait(tmp_path, cli_env):
     run = RunDir(str(tmp_path / "run"))
     fake_run.write_command(run, epochs=10)
-    fake_run.write_status(run, "generator", "generating", epochs_done=3, epoch=3)
-    fake_run.write_status(run, "trainer", "waiting", epochs_done=3, epoch=3,
+    write_status(run.url, "generator", "generating", epochs_done=3, epoch=3)
+    write_status(run.url, "trainer", "waiting", epochs_done=3, epoch=3,
                           message="waiting for epoch 3 (ready.json)")
     fake_run.write_metrics(run, fake_run.metrics(3))
 
@@ -112,7 +113,7 @@ def test_empty_buffer_says_the_trainer_may_wait(tmp_path, cli_env):
 
 def test_a_generator_waiting_for_the_command_is_shown_with_what_is_missing(run_url, cli_env):
     run = RunDir(run_url)
-    fake_run.write_status(run, "generator", "waiting", message="waiting for command.json")
+    write_status(run.url, "generator", "waiting", message="waiting for command.json")
 
     done = ncf_status(cli_env, run_url)
 
@@ -167,8 +168,8 @@ def finished_run(run: RunDir, epochs: int = 8) -> None:
     fake_run.write_command(run, epochs=epochs)
     records = fake_run.metrics(epochs)
     fake_run.write_metrics(run, records)
-    fake_run.write_status(run, "generator", "done", epochs_done=epochs, age_s=400)
-    fake_run.write_status(run, "trainer", "done", epochs_done=epochs, age_s=300)
+    write_status(run.url, "generator", "done", epochs_done=epochs, age_s=400)
+    write_status(run.url, "trainer", "done", epochs_done=epochs, age_s=300)
     fake_run.write_result(run, records, target_hr=0.62)
     storage.overwrite(run.report, b"\x89PNG not decoded by ncf-status")
 
@@ -193,7 +194,7 @@ def test_a_finished_run_shows_its_result(run_url, cli_env):
 def test_a_failed_side_shows_failed_and_its_message(run_url, cli_env):
     run = RunDir(run_url)
     fake_run.mid_run(run)
-    fake_run.write_status(run, "trainer", "failed", epochs_done=5, epoch=5,
+    write_status(run.url, "trainer", "failed", epochs_done=5, epoch=5,
                           message="CorruptData: epochs/000005/part-00000: crc32c mismatch")
 
     done = ncf_status(cli_env, run_url)
@@ -207,12 +208,24 @@ def test_a_failed_side_shows_failed_and_its_message(run_url, cli_env):
 def test_a_silent_side_is_flagged_stale(tmp_path, cli_env):
     run = RunDir(str(tmp_path / "run"))
     fake_run.mid_run(run)
-    fake_run.write_status(run, "generator", "generating", epochs_done=8, epoch=8, age_s=300)
+    write_status(run.url, "generator", "generating", epochs_done=8, epoch=8, age_s=300)
 
     screen = compact(ncf_status(cli_env, run.url).stdout)
 
     assert "heartbeat 5 min 00 s ago (STALE" in screen or "heartbeat 5 min 01 s ago (STALE" in screen
     assert status_json(cli_env, run.url)["generator"]["stale"] is True
+
+
+@pytest.mark.parametrize("interval, age_s, stale", [(10.0, 50, False), (10.0, 70, True), (60.0, 300, False),
+                                                   (1.0, 7, True)])
+def test_staleness_is_judged_by_the_writers_own_heartbeat_interval(tmp_path, cli_env, interval, age_s, stale):
+    run = RunDir(str(tmp_path / "run"))
+    fake_run.mid_run(run)
+    write_status(run.url, "generator", "generating", epochs_done=8, epoch=8, age_s=age_s, heartbeat_interval=interval)
+
+    assert status_json(cli_env, run.url)["generator"]["stale"] is stale
+    screen = compact(ncf_status(cli_env, run.url).stdout)
+    assert (f"(STALE: it should beat every {interval:g} s)" in screen) is stale
 
 
 def test_unreadable_files_are_listed_and_the_rest_is_still_shown(run_url, cli_env):
@@ -305,7 +318,7 @@ def test_watch_redraws_until_the_run_is_done(run_url, cli_env, tmp_path):
     try:
         wait_for_screens(output, "ncf-tandem run", 2)
         fake_run.write_metrics(run, fake_run.metrics(6))
-        fake_run.write_status(run, "trainer", "done", epochs_done=6)
+        write_status(run.url, "trainer", "done", epochs_done=6)
         fake_run.write_result(run, fake_run.metrics(6))
         assert watch.wait(timeout=30) == 0, watch.stderr.read()
     finally:
@@ -322,7 +335,7 @@ def test_watch_json_prints_one_object_per_refresh_and_exits_1_when_the_run_fails
     watch = start_watch(cli_env, run.url, output, "--json")
     try:
         wait_for_screens(output, "\n", 2)
-        fake_run.write_status(run, "generator", "failed", message="MemoryError")
+        write_status(run.url, "generator", "failed", message="MemoryError")
         assert watch.wait(timeout=30) == 1
     finally:
         watch.kill()

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 
 import fake_run
+from builders import write_status
 from protocol import RunDir
 from runstatus.kube import describe_jobs, read_release
+from builders import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 RECORDED = Path(__file__).resolve().parent / "data" / "k8s"
 TOKEN = "test-token-7f3a"
 SELECTOR = "app.kubernetes.io/instance=demo,app.kubernetes.io/component in (generator,trainer)"
@@ -146,7 +147,7 @@ def test_watch_ends_with_exit_1_when_a_job_has_failed(recorded_api, tmp_path, cl
 @pytest.mark.parametrize("recorded_api", [("pending",)], indirect=True)
 def test_status_says_why_the_trainer_pod_is_not_scheduled(recorded_api, tmp_path, cli_env):
     run = RunDir(str(tmp_path / "run"))
-    fake_run.write_status(run, "generator", "waiting", message="waiting for command.json")
+    write_status(run.url, "generator", "waiting", message="waiting for command.json")
     config = write_kubeconfig(tmp_path / "kubeconfig", recorded_api.url)
 
     done = ncf_status(cli_env, run.url, "--namespace", "ml", "--release", "demo", "--kubeconfig", str(config))

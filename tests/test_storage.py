@@ -5,14 +5,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
-from protocol import AlreadyPublished, Command, DatasetSpec, InvalidInput, WaitTimeout, storage
+from protocol import AlreadyPublished, Command, InvalidInput, WaitTimeout, storage
 from protocol.errors import EXIT_INVALID, exit_code_for
+from builders import REPO, command
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def start_python(code: str, *args: str) -> subprocess.Popen:
@@ -28,10 +27,10 @@ def finish(process: subprocess.Popen, timeout: float = 60) -> str:
 
 def test_publish_once_refuses_a_second_publication(run_url):
     url = storage.join(run_url, "command.json")
-    first = Command(run_id="first", dataset=DatasetSpec("synthetic-small"))
+    first = command(run_id="first")
     storage.publish_once(url, first)
     with pytest.raises(AlreadyPublished, match="already published"):
-        storage.publish_once(url, Command(run_id="second", dataset=DatasetSpec("synthetic-small")))
+        storage.publish_once(url, command(run_id="second"))
     assert storage.read_message(url, Command) == first
 
 
@@ -159,3 +158,22 @@ def test_unwritable_local_folder_is_invalid_input(tmp_path):
 def test_unknown_scheme_is_invalid_input():
     with pytest.raises(InvalidInput, match="expected a local path or a gs://"):
         storage.read_bytes("s3://bucket/x")
+
+
+@pytest.mark.parametrize("url, parent, sibling", [
+    ("gs://bucket/runs/r1", "gs://bucket/runs", "gs://bucket/runs/ncf-cache"),
+    ("gs://bucket/runs/r1/", "gs://bucket/runs", "gs://bucket/runs/ncf-cache"),
+    ("gs://bucket/r1", "gs://bucket", "gs://bucket/ncf-cache"),
+    ("gs://bucket", "gs://bucket", "gs://bucket/ncf-cache"),
+    ("/data/runs/r1", "/data/runs", "/data/runs/ncf-cache"),
+])
+def test_parent_and_sibling_of_any_url(url, parent, sibling):
+    assert storage.parent(url) == parent
+    assert storage.sibling(url, "ncf-cache") == sibling
+
+
+def test_wait_until_returns_the_predicates_value_or_names_what_it_waited_for():
+    calls = []
+    assert storage.wait_until(lambda: calls.append(1) or (len(calls) >= 3 and "free"), 5, "a slot") == "free"
+    with pytest.raises(WaitTimeout, match=r"waited \d+ s for a free slot; giving up"):
+        storage.wait_until(lambda: None, 0.2, "a free slot")

@@ -10,24 +10,19 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from protocol import EpochMetrics, Result, RunDir, Status, storage
 from trainer_support import run_cli
-from trainer_support import RUN_ID, command, generator_status, publish_epoch, trainer_args, write_run
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def metrics_epochs(run: RunDir) -> list[int]:
-    text = storage.read_bytes(run.metrics).decode()
-    return [EpochMetrics.from_json(line).epoch for line in text.splitlines()]
+from builders import RUN_ID, metrics_line_epochs, write_status
+from trainer_support import command, publish_epoch, trainer_args, write_run
+from builders import REPO
 
 
-def epoch_folders(run: RunDir) -> list[str]:
+
+def epoch_folder_names(run: RunDir) -> list[str]:
     return storage.listdir(run.epochs_dir)
 
 
@@ -35,10 +30,10 @@ def test_full_run(run_url, capsys):
     cmd = command(epochs=2)
     run = write_run(run_url, cmd)
     assert run_cli(trainer_args(run_url, cmd, "--steps-per-execution", "4")) == 0
-    assert metrics_epochs(run) == [0, 1]
+    assert metrics_line_epochs(run.url) == [0, 1]
     result = storage.read_message(run.result, Result)
     assert (result.run_id, result.epochs_trained, result.dataset) == (RUN_ID, 2, "synthetic-small")
-    assert epoch_folders(run) == []
+    assert epoch_folder_names(run) == []
     status = storage.read_message(run.status("trainer"), Status)
     assert (status.state, status.epochs_done, status.run_id) == ("done", 2, RUN_ID)
     assert storage.exists(storage.join(run.model, "model.keras"))
@@ -49,7 +44,7 @@ def test_full_run(run_url, capsys):
     assert line.examples_per_s > 0 and line.train_s > 0 and line.data_wait_s >= 0
     # Started again after the end: nothing to do, exit 0, nothing retrained.
     assert run_cli(trainer_args(run_url, cmd)) == 0
-    assert metrics_epochs(run) == [0, 1]
+    assert metrics_line_epochs(run.url) == [0, 1]
 
 
 def test_mixed_precision_and_xla_flags(tmp_path):
@@ -62,7 +57,7 @@ def test_mixed_precision_and_xla_flags(tmp_path):
         assert run_cli(trainer_args(run.url, cmd, "--mixed-precision", "--xla")) == 0
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert metrics_epochs(run) == [0]
+    assert metrics_line_epochs(run.url) == [0]
     assert storage.read_message(run.result, Result).epochs_trained == 1
 
 
@@ -102,10 +97,10 @@ def test_resume_after_crash_between_checkpoint_and_delete(run_url, monkeypatch, 
     monkeypatch.undo()
     # The checkpoint after epoch 1 is written; metrics.jsonl / epochs/000001 lag behind it.
     assert json.loads(storage.read_bytes(storage.join(run.checkpoints, "latest.json")))["epochs_done"] == 2
-    assert "000001" in epoch_folders(run)
+    assert "000001" in epoch_folder_names(run)
     assert run_cli(trainer_args(run_url, cmd)) == 0
-    assert metrics_epochs(run) == [0, 1, 2]
-    assert epoch_folders(run) == []
+    assert metrics_line_epochs(run.url) == [0, 1, 2]
+    assert epoch_folder_names(run) == []
     assert storage.read_message(run.result, Result).epochs_trained == 3
 
 
@@ -125,14 +120,14 @@ def test_kill_9_and_restart(run_url, cli_env):
         process.kill()
         process.wait()
         process.stderr.close()
-    killed_at = len(metrics_epochs(run))
+    killed_at = len(metrics_line_epochs(run.url))
     assert 1 <= killed_at < 4 and not storage.exists(run.result)
     restart = subprocess.run(argv, cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300)
     assert restart.returncode == 0, restart.stderr[-3000:]
     assert "resuming from the checkpoint" in restart.stderr
-    assert metrics_epochs(run) == [0, 1, 2, 3]
+    assert metrics_line_epochs(run.url) == [0, 1, 2, 3]
     assert storage.read_message(run.result, Result).epochs_trained == 4
-    assert epoch_folders(run) == []
+    assert epoch_folder_names(run) == []
 
 
 def test_foreign_ready_json_is_refused(run_url, capsys):
@@ -145,9 +140,9 @@ def test_foreign_ready_json_is_refused(run_url, capsys):
     assert run_cli(trainer_args(run_url, cmd)) == 2
     err = capsys.readouterr().err
     ready_url = RunDir.ready(run.epoch_dir(1))
-    assert ready_url in err and "'some-other-run'" in err and repr(RUN_ID) in err
-    assert metrics_epochs(run) == [0]  # epoch 0 trained, nothing of epoch 1
-    assert "000001" in epoch_folders(run)
+    assert f"{ready_url} belongs to run some-other-run, not to {RUN_ID}" in err
+    assert metrics_line_epochs(run.url) == [0]  # epoch 0 trained, nothing of epoch 1
+    assert "000001" in epoch_folder_names(run)
     status = storage.read_message(run.status("trainer"), Status)
     assert status.state == "failed" and "some-other-run" in status.message
 
@@ -169,10 +164,10 @@ def test_corrupted_part_is_refused(run_url, capsys):
 def test_generator_failed_exits_3(tmp_path, capsys):
     cmd = command(epochs=3)
     run = write_run(str(tmp_path / "run"), cmd, epochs=1)
-    generator_status(run, RUN_ID, "failed", message="ValueError: out of disk")
+    write_status(run.url, "generator", "failed", message="ValueError: out of disk")
     assert run_cli(trainer_args(run.url, cmd)) == 3
     assert "the generator failed: ValueError: out of disk" in capsys.readouterr().err
-    assert metrics_epochs(run) == [0]
+    assert metrics_line_epochs(run.url) == [0]
 
 
 def test_generator_silent_exits_3(tmp_path, capsys):

@@ -123,8 +123,8 @@ def test_epoch_trainer_equals_keras_fit(xla):
     import keras
     import tensorflow as tf
 
-    from trainer import data, train
-    from trainer.model import build_neumf
+    from trainer import data
+    from trainer.model import build_neumf, compile_neumf, epoch_trainer
 
     rng = np.random.default_rng(1)
     n, batch = 3 * 4 * 64 + 2 * 64 + 17, 64
@@ -135,11 +135,9 @@ def test_epoch_trainer_equals_keras_fit(xla):
     def trained(use_blocks: bool):
         keras.mixed_precision.set_global_policy("float32")
         keras.utils.set_random_seed(0)
-        model = build_neumf(50, 40, 4, [8, 4], l2=1e-4)
-        model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                      jit_compile=xla)
+        model = compile_neumf(build_neumf(50, 40, 4, [8, 4], l2=1e-4), learning_rate=0.01, xla=xla)
         if use_blocks:
-            train_epoch = train.epoch_trainer(model, tf.distribute.get_strategy(), xla)
+            train_epoch = epoch_trainer(model, tf.distribute.get_strategy(), xla)
             losses = [train_epoch(data.blocks(user, item, label, batch, steps=4)) for _ in range(2)]
         else:
             batches = tf.data.Dataset.from_tensor_slices(((user, item), label)).batch(batch)
@@ -205,21 +203,21 @@ def test_detect_here_matches_tensorflow(monkeypatch):
 
 # ----------------------------------------------------------------------------- command.json
 def config(url, *extra):
-    from trainer import train
+    from trainer.config import parse_args
 
-    return train.parse_args(["--data-dir", url, "--dataset", "synthetic-small", *extra])
+    return parse_args(["--data-dir", url, "--dataset", "synthetic-small", *extra])
 
 
 def test_dataset_defaults_and_overrides(tmp_path):
-    from trainer import train
+    from trainer.config import parse_args
 
     small = config(str(tmp_path))
     assert (small.batch_size, small.learning_rate, small.mf_dim, small.layers, small.num_neg, small.epochs) == \
         (256, 0.001, 16, [64, 32, 16, 8], 4, 20)
-    ml100k = train.parse_args(["--data-dir", "x", "--dataset", "ml-100k"])
+    ml100k = parse_args(["--data-dir", "x", "--dataset", "ml-100k"])
     assert (ml100k.batch_size, ml100k.learning_rate, ml100k.mf_dim, ml100k.layers) == \
         (1024, 0.002, 16, [64, 32, 16, 8])
-    large = train.parse_args(["--data-dir", "x", "--dataset", "ml-20m"])
+    large = parse_args(["--data-dir", "x", "--dataset", "ml-20m"])
     assert (large.batch_size, large.learning_rate, large.mf_dim, large.layers, large.num_neg, large.epochs) == \
         (2048, 0.0005, 64, [256, 256, 128, 64], 4, 20)
     custom = config(str(tmp_path), "--layers", "32,16", "--batch-size", "512", "--mf-dim", "8")

@@ -14,12 +14,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from protocol import CorruptData, EpochMetrics, InvalidInput, RunDir, parts, storage
+from protocol import CorruptData, EpochMetrics, ForeignRun, InvalidInput, RunDir, parts, storage
+from protocol.messages import describe_differences, differences
 
 log = logging.getLogger("ncf.trainer")
 KEEP = 2  # checkpoints kept in the bucket
@@ -33,6 +36,15 @@ class State:
     started: float  # wall clock when the run first started training
     model_config: dict[str, Any]
     history: list[EpochMetrics] = field(default_factory=list)
+
+
+@dataclass
+class Saved:
+    """A complete checkpoint in the bucket: its state, its arrays' URL, and the pointer's fields."""
+
+    state: State
+    npz_url: str
+    pointer: dict[str, Any]
 
 
 def pointer_url(run: RunDir) -> str:
@@ -63,8 +75,8 @@ def save(run: RunDir, model, state: State) -> None:
             storage.delete(storage.join(run.checkpoints, old))
 
 
-def load_state(run: RunDir, run_id: str, model_config: dict[str, Any]) -> tuple[State, str, dict] | None:
-    """The latest checkpoint's state, the .npz URL and the pointer, or None if there is none."""
+def load_state(run: RunDir, run_id: str, model_config: dict[str, Any]) -> Saved | None:
+    """The latest complete checkpoint, or None if there is none."""
     url = pointer_url(run)
     if not storage.exists(url):
         return None
@@ -76,20 +88,21 @@ def load_state(run: RunDir, run_id: str, model_config: dict[str, Any]) -> tuple[
     except (ValueError, KeyError, TypeError) as error:
         raise CorruptData(f"{url}: unreadable checkpoint pointer ({error})") from None
     if state.run_id != run_id:
-        raise InvalidInput(f"{url} belongs to run {state.run_id!r}, but command.json says {run_id!r}")
-    changed = sorted(k for k in set(model_config) | set(state.model_config)
-                     if model_config.get(k) != state.model_config.get(k))
+        raise ForeignRun(url, state.run_id, run_id)
+    changed = differences(model_config, state.model_config)
     if changed:
         raise InvalidInput(f"{url}: the checkpoint was trained with different model settings: "
-                           + ", ".join(f"{k} {state.model_config.get(k)!r} (flags: {model_config.get(k)!r})" for k in changed)
+                           + describe_differences(model_config, state.model_config, changed, "the flags",
+                                                  "the checkpoint")
                            + "; rerun with the run's settings or use a new run directory")
     if [m.epoch for m in history] != list(range(state.epochs_done)):
         raise CorruptData(f"{url}: history lists epochs {[m.epoch for m in history]}, expected 0..{state.epochs_done - 1}")
-    return state, storage.join(run.checkpoints, pointer["file"]), pointer
+    return Saved(state, storage.join(run.checkpoints, pointer["file"]), pointer)
 
 
-def restore(model, npz_url: str, pointer: dict) -> None:
+def restore(model, saved: Saved) -> None:
     """Loads weights and optimizer state into a compiled model (built optimizer)."""
+    npz_url, pointer = saved.npz_url, saved.pointer
     data = storage.read_bytes(npz_url)
     if len(data) != pointer["size"] or parts.checksum(data) != pointer["crc32c"]:
         raise CorruptData(f"{npz_url}: size or CRC32C differs from checkpoints/latest.json (corrupted checkpoint)")
@@ -104,3 +117,21 @@ def restore(model, npz_url: str, pointer: dict) -> None:
     model.set_weights(weights)
     for variable, value in zip(optimizer.variables, slots):
         variable.assign(value)
+
+
+def export(run: RunDir, model) -> None:
+    """model/model.keras (Keras) and model/saved_model/ (TF SavedModel, serving signature
+    on int32 user and item ids, output the logit), uploaded through protocol.storage."""
+    with tempfile.TemporaryDirectory(prefix="ncf-export-") as tmp:
+        model.save(os.path.join(tmp, "model.keras"))
+        try:
+            model.export(os.path.join(tmp, "saved_model"), verbose=False)
+        except Exception as error:  # e.g. a strategy that cannot export; the .keras file still serves
+            log.warning("SavedModel export failed (%s: %s); model.keras only", type(error).__name__, error)
+        for folder, _, files in os.walk(tmp):
+            for name in files:
+                path = os.path.join(folder, name)
+                relative = os.path.relpath(path, tmp).split(os.sep)
+                with open(path, "rb") as f:
+                    storage.write_bytes(storage.join(run.model, *relative), f.read())
+    log.info("exported the model to %s", run.model)

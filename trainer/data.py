@@ -24,10 +24,7 @@ log = logging.getLogger("ncf.trainer")
 def read_ready(folder: str, run_id: str, kind: str, epoch: int | None) -> Ready:
     """Reads folder/ready.json and refuses data that is not this run's (exit code 2)."""
     url = RunDir.ready(folder)
-    ready = storage.read_message(url, Ready)
-    if ready.run_id != run_id:
-        raise InvalidInput(f"{url} belongs to run {ready.run_id!r}, but this run is {run_id!r}: refusing stale data "
-                           f"from another run (nothing was trained on it); clear the run directory or use a new one")
+    ready = storage.read_message(url, Ready, run_id)
     if ready.kind != kind or ready.epoch != epoch:
         raise InvalidInput(f"{url}: expected kind {kind!r} epoch {epoch}, found kind {ready.kind!r} epoch {ready.epoch}")
     return ready

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import keras
 
+BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-8  # MLPerf's Adam
+
 
 def build_neumf(num_users: int, num_items: int, mf_dim: int, layers: list[int], l2: float = 0.0) -> keras.Model:
     """l2: L2 penalty on the embeddings (0 = none, as MLPerf; small data sets overfit without it)."""
@@ -34,3 +36,45 @@ def build_neumf(num_users: int, num_items: int, mf_dim: int, layers: list[int], 
     both = keras.layers.Concatenate(name="neumf")([gmf, mlp])
     logit = keras.layers.Dense(1, kernel_initializer="lecun_uniform", dtype="float32", name="logit")(both)
     return keras.Model(inputs=[user, item], outputs=logit, name="neumf")
+
+
+def compile_neumf(model: keras.Model, learning_rate: float, xla: bool = False) -> keras.Model:
+    """Adam with MLPerf's settings and sigmoid cross-entropy on the logit (in the strategy's scope)."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON),
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=xla)
+    return model
+
+
+def epoch_trainer(model: keras.Model, distribution, jit_compile: bool):
+    """Returns train_epoch(blocks) -> the epoch's loss, for a dataset from data.blocks.
+
+    Each batch is one optimizer step through Keras' own train_step (compiled loss, L2
+    penalty, loss scaling under mixed_float16, Adam), in the data's order. One compiled
+    call (XLA if jit_compile) trains a whole block, so tf.data and Python are paid once per
+    block, not per batch. The loop over a block's batches runs outside the replicas, as
+    Keras' steps_per_execution loop does: MirroredStrategy cannot all-reduce gradients in
+    control flow inside a replica. The loss is Keras' mean over the epoch's batches
+    (weighted by their sizes), as model.fit reports it."""
+    import tensorflow as tf
+
+    with distribution.scope():
+        if not model.optimizer.built:  # its variables must exist before the first compiled call
+            model.optimizer.build(model.trainable_variables)
+
+    @tf.autograph.experimental.do_not_convert
+    def train_batch(block, k):
+        (user, item), label = block
+        return model.train_step(((user[:, k], item[:, k]), label[:, k]))
+
+    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    def train_block(block):
+        for k in tf.range(tf.shape(distribution.experimental_local_results(block[1])[0])[1]):
+            distribution.run(train_batch, args=(block, k))
+
+    def train_epoch(blocks) -> float:
+        model.reset_metrics()
+        for block in distribution.experimental_distribute_dataset(blocks):
+            train_block(block)
+        return float(model.get_metrics_result()["loss"])
+
+    return train_epoch

@@ -1,6 +1,6 @@
 """Benchmark: a synthetic-20m training epoch sampled, shuffled and written to local disk.
 
-    python bench/generator.py [--workers 2] [--num-neg 4] [--epochs 8] [--dir /tmp]
+    python bench/epoch_writer.py [--workers 2] [--num-neg 4] [--epochs 8] [--dir /tmp]
 
 Writes --epochs epochs (each deleted once timed) with one EpochWriter, as the Job does.
 The first epoch also pays for first touching the buffer and the page cache (
@@ -26,18 +26,16 @@ import os
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from generator.datasets import prepare  # noqa: E402
-from generator.sampling import EpochWriter  # noqa: E402
-from protocol import DatasetSpec  # noqa: E402
+from generator.datasets import prepare
+from generator.sampling import EpochWriter
+from protocol import DatasetSpec
 
 
 def main() -> None:

@@ -1,0 +1,54 @@
+"""The generator as a child process of the trainer (--spawn-generator, the laptop default)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+
+from protocol import PeerError
+
+from .config import Config
+
+log = logging.getLogger("ncf.trainer")
+
+
+def _die_with_parent() -> None:
+    # In the child, before exec: SIGTERM when the trainer dies, even by kill -9 (Linux).
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn_generator(config: Config) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "generator", "--data-dir", config.data_dir,
+            "--heartbeat-interval", str(config.heartbeat_interval), "--peer-timeout", str(config.peer_timeout),
+            "--start-timeout", str(config.start_timeout)]
+    if config.generator_workers:
+        argv += ["--workers", str(config.generator_workers)]
+    log.info("starting the generator: %s", " ".join(argv))
+    # stdout/stderr inherited: the child's log lines go to the same stderr.
+    return subprocess.Popen(argv, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
+def check_alive(child: subprocess.Popen | None) -> None:
+    """Raises PeerError once a spawned generator has exited with an error."""
+    if child is not None and child.poll() is not None and child.returncode != 0:
+        raise PeerError(f"the generator (child process) exited with code {child.returncode}")
+
+
+def stop_child(child: subprocess.Popen | None, grace: float = 30.0) -> None:
+    if child is None:
+        return
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            log.warning("the generator did not stop within %.0f s of SIGTERM; killing it", grace)
+            child.kill()
+    child.wait()
+    log.info("the generator child exited with code %s", child.returncode)
