@@ -113,3 +113,20 @@ def cli_env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture
+def chaos_bucket(fake_gcs):
+    """A fresh chaos bucket proxy (tests/chaos_bucket.py: no rules, zero counts) in front of the
+    emulator, and a new empty bucket; yields (ChaosBucket, "gs://<name>"). Point gcsfs at it with
+    endpoint_url=chaos.url in this process; `chaos_env` is the environment for a subprocess."""
+    from chaos_bucket import ChaosBucket
+
+    with ChaosBucket(fake_gcs) as chaos:
+        yield chaos, f"gs://{make_bucket(fake_gcs)}"
+
+
+@pytest.fixture
+def chaos_env(chaos_bucket, cli_env) -> dict[str, str]:
+    """cli_env with STORAGE_EMULATOR_HOST pointing at the chaos bucket proxy (for the Jobs)."""
+    return chaos_bucket[0].env(cli_env)
