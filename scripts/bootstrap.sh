@@ -18,7 +18,7 @@ fi
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing ncf-tandem[$extras] into .venv (first run takes a few minutes)" >&2
   "$venv/bin/pip" install --quiet --upgrade pip
-  "$venv/bin/pip" install --quiet -e "$repo[$extras]"
+  "$venv/bin/pip" install --quiet -e "${repo}[${extras}]"
   touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

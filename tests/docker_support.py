@@ -152,7 +152,8 @@ rm -rf var/lib/apt/lists/* var/cache/apt/*.bin var/cache/apt/archives/*.deb var/
 # --- wheelhouse -------------------------------------------------------------------
 
 def _requirements_for(extra: str | None) -> list[str]:
-    """Everything `pip install .[extra]` needs, plus the build backend, as requirement strings."""
+    """Everything `pip install .[extra]` needs (extra: one or several, comma-separated), plus the
+    build backend, as requirement strings."""
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -160,7 +161,7 @@ def _requirements_for(extra: str | None) -> list[str]:
     optional = project["project"].get("optional-dependencies", {})
     reqs: list[str] = list(project["build-system"]["requires"]) + ["wheel"]
     reqs += project["project"]["dependencies"]
-    pending, seen = [extra] if extra else [], set()
+    pending, seen = extra.split(",") if extra else [], set()
     while pending:
         e = pending.pop()
         if e in seen:

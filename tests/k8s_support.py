@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import helm_python
+import kubernetes_validate
 import yaml
+from builders import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO / "charts" / "ncf-tandem"
 CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
 K8S_DIR = REPO / "k8s"
@@ -72,9 +73,35 @@ def by_kind(objects: Iterable[dict], kind: str) -> list[dict]:
     return [o for o in objects if o["kind"] == kind]
 
 
+def jobset_jobs(jobset: dict) -> list[dict]:
+    """The Jobs the JobSet controller creates from a JobSet: <name>-<replicatedJob>-<index>,
+    with the replicatedJob's template as their metadata and spec."""
+    jobs = []
+    for rjob in jobset["spec"]["replicatedJobs"]:
+        for index in range(rjob.get("replicas", 1)):
+            template = copy.deepcopy(rjob["template"])
+            metadata = template.get("metadata", {})
+            metadata["name"] = f"{jobset['metadata']['name']}-{rjob['name']}-{index}"
+            metadata["namespace"] = jobset["metadata"].get("namespace")
+            jobs.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": template["spec"]})
+    return jobs
+
+
+def workload_jobs(objects: Iterable[dict]) -> list[dict]:
+    """Every Job of a rendering: the Jobs themselves (workload: jobs) or the JobSet's (workload: jobset)."""
+    out = []
+    for o in objects:
+        if o["kind"] == "Job":
+            out.append(o)
+        elif o["kind"] == "JobSet":
+            out.extend(jobset_jobs(o))
+    return out
+
+
 def job(objects: Iterable[dict], component: str) -> dict:
-    jobs = [o for o in objects if o["kind"] == "Job"
-            and o["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    """The component's Job, under either workload (a JobSet's as its controller creates it)."""
+    jobs = [o for o in workload_jobs(objects)
+            if o["metadata"]["labels"].get("app.kubernetes.io/component") == component]
     assert len(jobs) == 1, f"expected one {component} Job, found {len(jobs)}"
     return jobs[0]
 
@@ -97,7 +124,99 @@ def all_pod_specs(objects: Iterable[dict]) -> list[tuple[str, dict]]:
             specs.append((o["metadata"]["name"], o["spec"]["template"]["spec"]))
         elif o["kind"] == "Pod":
             specs.append((o["metadata"]["name"], o["spec"]))
+        elif o["kind"] == "JobSet":
+            for rjob in o["spec"]["replicatedJobs"]:
+                specs.append((f"{o['metadata']['name']}-{rjob['name']}", rjob["template"]["spec"]["template"]["spec"]))
     return specs
+
+
+def all_pod_templates(objects: Iterable[dict]) -> list[tuple[str, dict]]:
+    """(object name, pod metadata) of every pod the chart makes, as all_pod_specs."""
+    out = []
+    for o in objects:
+        if o["kind"] in ("Job", "Deployment"):
+            out.append((o["metadata"]["name"], o["spec"]["template"]["metadata"]))
+        elif o["kind"] == "Pod":
+            out.append((o["metadata"]["name"], o["metadata"]))
+        elif o["kind"] == "JobSet":
+            for rjob in o["spec"]["replicatedJobs"]:
+                out.append((f"{o['metadata']['name']}-{rjob['name']}",
+                            rjob["template"]["spec"]["template"]["metadata"]))
+    return out
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a Kubernetes LabelSelector (matchLabels, matchExpressions) selects `labels`."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": key not in labels or labels[key] not in values,
+              "Exists": key in labels,
+              "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+# --- the JobSet CRD (kubernetes-sigs/jobset, a pinned release) ---------------------------
+
+JOBSET_VERSION = "v0.12.0"
+JOBSET_CRD = REPO / "tests" / "data" / "jobset" / f"jobset.x-k8s.io_jobsets-{JOBSET_VERSION}.yaml"
+_jobset_validator = None
+
+
+def _strict(node: Any) -> Any:
+    """An OpenAPI v3 schema of a CRD as JSON Schema that rejects unknown fields, as the API
+    server's strict field validation does (`kubectl apply --validate=strict`)."""
+    if isinstance(node, dict):
+        node = {k: _strict(v) for k, v in node.items()}
+        if ("properties" in node and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")):
+            node["additionalProperties"] = False
+        if node.get("x-kubernetes-int-or-string"):
+            node.pop("type", None)
+            node.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+        return node
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    return node
+
+
+def jobset_validator():
+    """A jsonschema validator for jobset.x-k8s.io/v1alpha2 JobSets, from the CRD's own schema."""
+    global _jobset_validator
+    if _jobset_validator is None:
+        import jsonschema
+
+        docs = [d for d in yaml.load_all(JOBSET_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d]
+        (crd,) = docs
+        (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha2"]
+        schema = _strict(version["schema"]["openAPIV3Schema"])
+        # metadata is Kubernetes' ObjectMeta, which a CRD schema leaves open.
+        schema["properties"]["metadata"] = {"type": "object"}
+        _jobset_validator = jsonschema.Draft7Validator(schema)
+    return _jobset_validator
+
+
+def jobset_errors(obj: dict) -> list[str]:
+    """Every way `obj` breaks the JobSet CRD's schema, as 'path: message'."""
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in sorted(jobset_validator().iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]
+
+
+def validate(obj: dict, version: str) -> None:
+    """Strict validation of one rendered object on Kubernetes `version`. A JobSet is checked
+    against the JobSet CRD's schema, and each Job it makes against Kubernetes' Job schema."""
+    if obj["kind"] == "JobSet":
+        errors = jobset_errors(obj)
+        if errors:
+            raise AssertionError(f"JobSet/{obj['metadata']['name']} breaks the JobSet CRD {JOBSET_VERSION}: " + "; ".join(errors[:10]))
+        for child in jobset_jobs(obj):
+            kubernetes_validate.validate(child, version, strict=True)
+    else:
+        kubernetes_validate.validate(obj, version, strict=True)
 
 
 def flags(container: dict) -> dict[str, str | bool]:

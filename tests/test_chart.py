@@ -8,12 +8,15 @@ object against the OpenAPI schemas of Kubernetes 1.29 to 1.37 in strict mode
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import helm_python
 import kubernetes_validate
 import pytest
 import yaml
+
+from protocol.messages import DATASETS, EVAL_MODES
 
 from k8s_support import (
     ACCELERATOR_LABEL_PREFIXES,
@@ -33,6 +36,7 @@ from k8s_support import (
     pod_spec,
     render,
     requests_accelerator,
+    validate,
 )
 
 # --- value sets -------------------------------------------------------------------
@@ -93,7 +97,7 @@ EDGE_CASES = {
             "spot": True,
             "nodeSelector": {"pool": "a100"},
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
-            "resources": {"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "64Gi"}},
+            "resources": {"requests": {"cpu": "8", "memory": "32Gi"}},
         },
         "generator": {"spot": True},
     },
@@ -126,6 +130,21 @@ EDGE_CASES = {
             "extraArgs": ["--epochs=1"],
             "job": {"failJobOnExitCodes": [2, 3]},
         },
+    },
+    # Both Jobs in one JobSet, queued by Kueue, with the emulator.
+    "jobset-kueue-emulator": {
+        "dataDir": "gs://emu-bucket/runs/x",
+        "workload": "jobset",
+        "kueue": {"queueName": "team-a"},
+        "gcsEmulator": {"enabled": True},
+        "jobset": {"maxRestarts": 0, "ttlSecondsAfterFinished": None},
+    },
+    "jobs-kueue-no-network-policy-no-tests": {
+        "dataDir": "gs://b/p",
+        "kueue": {"queueName": "team-a"},
+        "networkPolicy": {"enabled": False},
+        "tests": {"enabled": False},
+        "trainer": {"accelerator": {"preset": "tpu"}, "timeouts": {"start": 0.5, "peer": 90.25, "heartbeatInterval": 1e-3}},
     },
 }
 
@@ -162,7 +181,8 @@ def test_every_object_validates_strictly_on_kubernetes_1_29_to_1_37(values):
         assert version in shipped, f"kubernetes-validate ships no schema for {version}"
         for obj in objects:
             try:
-                kubernetes_validate.validate(obj, version, strict=True)
+                # A JobSet against the JobSet CRD's schema, its Jobs against Kubernetes'.
+                validate(obj, version)
             except kubernetes_validate.ValidationError as e:
                 pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} invalid on {version}: {e.message} at {list(e.path)}")
 
@@ -173,9 +193,16 @@ def test_default_render_has_the_expected_objects():
     assert kinds == [
         ("Job", "ncf-ncf-tandem-generator"),
         ("Job", "ncf-ncf-tandem-trainer"),
+        ("NetworkPolicy", "ncf-ncf-tandem-test"),
+        ("NetworkPolicy", "ncf-ncf-tandem-workloads"),
         ("Pod", "ncf-ncf-tandem-test-result"),
+        ("Role", "ncf-ncf-tandem-test"),
+        ("RoleBinding", "ncf-ncf-tandem-test"),
         ("ServiceAccount", "ncf-ncf-tandem"),
+        ("ServiceAccount", "ncf-ncf-tandem-test"),
     ]
+    # Every namespaced object names the release's namespace (helm template | kubectl apply).
+    assert {o["metadata"]["namespace"] for o in objects} == {"ncf"}
 
 
 @pytest.mark.parametrize("values", [v for _, v in ALL_VALUE_SETS], ids=IDS)
@@ -228,9 +255,15 @@ def test_every_container_is_restricted_non_root_with_read_only_root(values):
             assert e["KERAS_HOME"].startswith("/tmp/"), name
 
 
+def jobs_service_account(objects: list[dict]) -> dict:
+    (sa,) = [o for o in by_kind(objects, "ServiceAccount")
+             if o["metadata"]["labels"].get("app.kubernetes.io/component") != "test"]
+    return sa
+
+
 def test_service_account_workload_identity_and_no_secrets():
     objects = render(EDGE_CASES["overrides"])
-    (sa,) = by_kind(objects, "ServiceAccount")
+    sa = jobs_service_account(objects)
     assert sa["metadata"]["name"] == "my-run"
     assert sa["metadata"]["annotations"] == {
         "iam.gke.io/gcp-service-account": "runner@proj.iam.gserviceaccount.com", "a": "b"}
@@ -238,14 +271,16 @@ def test_service_account_workload_identity_and_no_secrets():
     for name, spec in all_pod_specs(objects):
         if spec["containers"][0]["name"] == "fake-gcs-server":
             continue
-        assert spec["serviceAccountName"] == "my-run", name
+        # The helm test pod has its own ServiceAccount (tests/test_chart_platform.py).
+        expected = "my-run-test" if name.endswith("-test-result") else "my-run"
+        assert spec["serviceAccountName"] == expected, name
     assert not by_kind(objects, "Secret")
     # Without a Google service account there is no Workload Identity annotation.
-    (sa,) = by_kind(render({}), "ServiceAccount")
-    assert "annotations" not in sa["metadata"]
-    # An existing ServiceAccount is used, not created.
+    for sa in by_kind(render({}), "ServiceAccount"):
+        assert "annotations" not in sa["metadata"]
+    # An existing ServiceAccount is used, not created (only the test pod's own is).
     objects = render(EDGE_CASES["existing-service-account"])
-    assert not by_kind(objects, "ServiceAccount")
+    assert [sa["metadata"]["name"] for sa in by_kind(objects, "ServiceAccount")] == ["ncf-ncf-tandem-test"]
     assert pod_spec(job(objects, "trainer"))["serviceAccountName"] == "shared"
 
 
@@ -300,7 +335,8 @@ def test_preset_nvidia():
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     res = spec["containers"][0]["resources"]
     assert res["limits"]["nvidia.com/gpu"] == 8
-    assert res["limits"]["memory"] == "32Gi" and res["requests"] == {"cpu": "4", "memory": "16Gi"}
+    # Exact: requests equal limits, the GPUs included.
+    assert res["limits"] == res["requests"] == {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": 8}
     assert "google.com/tpu" not in res["limits"]
     assert env(spec["containers"][0])["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
 
@@ -314,6 +350,7 @@ def test_preset_tpu():
     assert spec["tolerations"] == [{"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}]
     limits = spec["containers"][0]["resources"]["limits"]
     assert limits["google.com/tpu"] == 4 and "nvidia.com/gpu" not in limits
+    assert spec["containers"][0]["resources"]["requests"] == limits
 
 
 def test_user_placement_and_spot_join_the_preset():
@@ -323,7 +360,8 @@ def test_user_placement_and_spot_join_the_preset():
                                        "cloud.google.com/gke-spot": "true", "pool": "a100"}
     assert [t["key"] for t in trainer["tolerations"]] == ["nvidia.com/gpu", "cloud.google.com/gke-spot", "dedicated"]
     assert trainer["containers"][0]["resources"] == {
-        "requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "64Gi", "nvidia.com/gpu": 2}}
+        "requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 2},
+        "limits": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 2}}
     generator = pod_spec(job(objects, "generator"))
     assert generator["nodeSelector"] == {"cloud.google.com/gke-spot": "true"}
     assert generator["tolerations"] == [{"key": "cloud.google.com/gke-spot", "operator": "Equal",
@@ -343,8 +381,8 @@ def test_gke_profiles():
     assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert flags(main_container(job(l4, "trainer")))["--dataset"] == "ml-20m"
     assert flags(main_container(job(l4, "trainer")))["--data-dir"].startswith("gs://")
-    (sa,) = by_kind(l4, "ServiceAccount")
-    assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+    for sa in by_kind(l4, "ServiceAccount"):  # the Jobs' and the test pod's
+        assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
 
     tpu = render(load_values(CHART_DIR / "ci" / "gke-tpu-v5e-values.yaml"))
     spec = pod_spec(job(tpu, "trainer"))
@@ -483,7 +521,8 @@ def test_emulator_deployment_service_and_job_env():
         spec = pod_spec(job(objects, component))
         e = env(main_container(job(objects, component)))
         assert e["STORAGE_EMULATOR_HOST"] == url
-        assert e["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] == "false"
+        # protocol/storage.py turns gcsfs's gRPC probe off itself when the emulator is set.
+        assert "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT" not in e
         (wait,) = spec["initContainers"]
         assert f"{url}/storage/v1/b/emu-bucket" in wait["args"][0]
     (test_pod,) = by_kind(objects, "Pod")
@@ -497,17 +536,21 @@ def test_emulator_needs_a_gs_data_dir():
 
 # --- helm test hook and NOTES -----------------------------------------------------
 
-def test_helm_test_hook_checks_result_json():
+def test_helm_test_hook_runs_ncf_status_on_the_run_and_the_release():
     objects = render(load_values(CHART_DIR / "ci" / "kind-values.yaml"))
     (pod,) = by_kind(objects, "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     c = pod["spec"]["containers"][0]
     assert c["image"] == main_container(job(objects, "generator"))["image"]
-    assert c["command"] == ["python", "-c"]
-    script, data_dir = c["args"]
-    assert data_dir == "gs://ncf-kind/runs/smoke"
-    assert "result.json" in script and "hr_at_10" in script
-    compile(script, "helm-test", "exec")
+    assert c["command"] == ["ncf-status"]
+    # The real parser reads them: the run directory, the release's Jobs, --watch until done or failed.
+    from runstatus.__main__ import parse_args as parse_status_args
+    args = parse_status_args(c["args"])
+    assert args.run_dir == "gs://ncf-kind/runs/smoke"
+    assert (args.namespace, args.release) == ("ncf", "ncf")
+    assert args.watch and args.watch > 0 and not args.json
+    # The watch ends at the pod's deadline when the run is not done by then.
+    assert pod["spec"]["activeDeadlineSeconds"] == 600
 
 
 def test_notes_explain_logs_and_status():
@@ -568,6 +611,7 @@ def test_schema_is_strict_wherever_it_is_ours():
     }
 
     def walk(node, path):
+        node = resolve(schema, node)
         if node.get("type") == "object" and "properties" in node:
             assert node.get("additionalProperties") is False, path
             for key, sub in node["properties"].items():
@@ -586,17 +630,92 @@ def test_values_yaml_and_schema_agree():
     def keys(d, prefix=""):
         for k, v in d.items():
             yield prefix + k
-            if isinstance(v, dict) and v and k not in ("resources", "podSecurityContext", "securityContext"):
+            if isinstance(v, dict) and v and k not in ("resources", "podSecurityContext", "securityContext", "podLabels"):
                 yield from keys(v, prefix + k + ".")
     defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
     schema = chart().schema
     for key in keys(defaults):
         node = schema
         for part in key.split("."):
-            node = node["properties"][part]
+            node = resolve(schema, resolve(schema, node)["properties"][part])
+
+
+def resolve(schema: dict, node: dict) -> dict:
+    """`node`, or what its local "$ref" (#/$defs/NAME) points to."""
+    while "$ref" in node:
+        assert node["$ref"].startswith("#/$defs/"), node["$ref"]
+        node = schema["$defs"][node["$ref"].removeprefix("#/$defs/")]
+    return node
 
 
 def test_merged_profile_values_pass_the_schema():
     for path in CI_VALUES:
         merged = deep_merge(chart().values, load_values(path))
         chart().validate_schema(merged)
+
+
+# --- one place for each idea -----------------------------------------------------------
+
+def test_generator_and_trainer_share_each_common_block_through_defs():
+    schema = chart().schema
+    gen = schema["properties"]["generator"]["properties"]
+    tr = schema["properties"]["trainer"]["properties"]
+    common = set(gen) & set(tr)
+    assert {"image", "timeouts", "resources", "scratch", "job", "env", "nodeSelector"} <= common
+    for key in common:
+        # The same schema for both, and anything past a plain type lives once, in $defs.
+        assert gen[key] == tr[key], key
+        if set(gen[key]) - {"type", "description"}:
+            assert "$ref" in gen[key], f"{key}: repeated inline instead of a $ref to $defs"
+    # Every $def is used, and every $ref points at one.
+    text = json.dumps(schema)
+    for name in schema["$defs"]:
+        assert f'"#/$defs/{name}"' in text, f"$defs/{name} is never used"
+    for ref in re.findall(r'"\$ref": "([^"]+)"', text):
+        assert ref.removeprefix("#/$defs/") in schema["$defs"], ref
+
+
+def test_schema_enums_are_the_protocols():
+    training = chart().schema["properties"]["trainer"]["properties"]["training"]["properties"]
+    assert tuple(training["dataset"]["enum"]) == DATASETS
+    # "" leaves the trainer's own default.
+    assert tuple(v for v in training["evalMode"]["enum"] if v) == EVAL_MODES
+    assert "" in training["evalMode"]["enum"]
+
+
+def test_every_dataset_and_eval_mode_renders_as_its_flag():
+    for dataset in DATASETS:
+        got = flags(main_container(job(render({"trainer": {"training": {"dataset": dataset}}}), "trainer")))
+        assert got["--dataset"] == dataset
+    for mode in EVAL_MODES:
+        got = flags(main_container(job(render({"trainer": {"training": {"evalMode": mode}}}), "trainer")))
+        assert got["--eval-mode"] == mode
+
+
+@pytest.mark.parametrize("component", ["generator", "trainer"])
+def test_timeouts_are_numbers_fractions_included(component):
+    values = {component: {"timeouts": {"start": 5400, "peer": 90.5, "heartbeatInterval": 0.25}}}
+    got = flags(main_container(job(render(values), component)))
+    assert (got["--start-timeout"], got["--peer-timeout"], got["--heartbeat-interval"]) == ("5400", "90.5", "0.25")
+    timeouts = resolve(chart().schema, chart().schema["properties"][component]["properties"]["timeouts"])
+    for key in ("start", "peer", "heartbeatInterval"):
+        assert "number" in resolve(chart().schema, timeouts["properties"][key])["type"], key
+    for bad in (0, -1, "60"):
+        with pytest.raises(helm_python.HelmValuesError, match=f"/{component}/timeouts/peer"):
+            render({component: {"timeouts": {"peer": bad}}})
+
+
+def test_resources_are_exact():
+    # A limit that differs from its request is refused, naming the value to fix.
+    with pytest.raises(helm_python.HelmError, match=r"generator.resources: requests.memory \(4Gi\) and limits.memory \(8Gi\) must be equal"):
+        render({"generator": {"resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}}})
+    # A limit alone gives the request; equal ones are accepted as they are.
+    res = main_container(job(render({"generator": {"resources": {
+        "requests": {"cpu": "1", "memory": None}, "limits": {"cpu": "1", "memory": "3Gi"}}}}), "generator"))["resources"]
+    assert res == {"requests": {"cpu": "1", "memory": "3Gi"}, "limits": {"cpu": "1", "memory": "3Gi"}}
+    for name, values in ALL_VALUE_SETS:
+        for _, spec in all_pod_specs(render(values)):
+            for c in spec["containers"] + spec.get("initContainers", []):
+                res = c["resources"]
+                assert res["requests"] == res["limits"], (name, c["name"], res)
+                assert {"cpu", "memory"} <= set(res["requests"]), (name, c["name"], res)

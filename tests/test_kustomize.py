@@ -2,7 +2,8 @@
 
 `kubectl kustomize k8s/` is compared with Helm's rendering of
 k8s/chart-values.yaml after dropping what only Helm adds (the helm.sh/chart and
-managed-by labels) and the run's instance label on the shared ServiceAccount.
+managed-by labels, the release's namespace, the helm test pod's ServiceAccount)
+and the run's instance label on the shared ServiceAccount.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ def normalize(objects: list[dict]) -> dict[tuple[str, str], dict]:
     for obj in objects:
         if obj["kind"] not in ("Job", "ServiceAccount"):
             continue
+        if obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "test":
+            continue  # the helm test pod's ServiceAccount: `helm test` has no kubectl counterpart
         obj = copy.deepcopy(obj)
+        # Helm names the release's namespace; `kubectl apply -k` uses the current one.
+        obj["metadata"].pop("namespace", None)
         labels = obj["metadata"].get("labels", {})
         for key in HELM_ONLY_LABELS:
             labels.pop(key, None)

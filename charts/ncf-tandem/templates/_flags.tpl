@@ -1,0 +1,43 @@
+{{/*
+Command-line flags from values. Each spec is (list FLAG VALUE KIND) with KIND
+one of int, float, seconds, string, bool, intlist. An unset value (null, ""
+or an empty list) omits the flag, so the program's own default applies;
+false omits a bool flag. Integers go through int64 because Helm reads every
+YAML number as a float64, which would print 1048576 as 1.048576e+06; seconds
+are numbers, printed as integers when whole (3600, not 3.6e+03) and as
+decimals otherwise (0.5).
+Usage: include "ncf-tandem.flags" (list (list "--epochs" .epochs "int") ...)
+Returns the flags as a YAML list (parse with fromYamlArray).
+*/}}
+{{- define "ncf-tandem.flags" -}}
+{{- $args := list }}
+{{- range . }}
+{{- $flag := index . 0 }}
+{{- $value := index . 1 }}
+{{- $kind := index . 2 }}
+{{- if not (or (kindIs "invalid" $value) (and (kindIs "string" $value) (eq $value ""))) }}
+{{- if eq $kind "bool" }}
+{{- if $value }}{{ $args = append $args $flag }}{{ end }}
+{{- else if eq $kind "int" }}
+{{- $args = append $args (printf "%s=%d" $flag (int64 $value)) }}
+{{- else if eq $kind "float" }}
+{{- $args = append $args (printf "%s=%v" $flag (float64 $value)) }}
+{{- else if eq $kind "seconds" }}
+{{- if eq (float64 $value) (float64 (int64 $value)) }}
+{{- $args = append $args (printf "%s=%d" $flag (int64 $value)) }}
+{{- else }}
+{{- $args = append $args (printf "%s=%v" $flag (float64 $value)) }}
+{{- end }}
+{{- else if eq $kind "intlist" }}
+{{- if $value }}
+{{- $items := list }}
+{{- range $value }}{{ $items = append $items (int64 . | toString) }}{{ end }}
+{{- $args = append $args (printf "%s=%s" $flag (join "," $items)) }}
+{{- end }}
+{{- else }}
+{{- $args = append $args (printf "%s=%s" $flag (toString $value)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml $args }}
+{{- end }}

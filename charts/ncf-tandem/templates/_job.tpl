@@ -1,0 +1,280 @@
+{{/*
+The two components' Jobs. What differs between them (arguments, placement,
+resources) is computed by "ncf-tandem.generator.pod" and
+"ncf-tandem.trainer.pod"; "ncf-tandem.jobSpec" turns either into a Job spec,
+used as is by the Jobs (job-generator.yaml, job-trainer.yaml) and as the
+replicatedJobs' templates of the JobSet (jobset.yaml).
+*/}}
+
+{{/*
+The generator: CPU only. It takes everything about the data from the
+trainer's command.json, so its only flags are where the run lives and its own
+resources (workers, timeouts, preprocessing cache). It never gets an
+accelerator's node selector, toleration or resource.
+Usage: include "ncf-tandem.generator.pod" $ | fromYaml
+*/}}
+{{- define "ncf-tandem.generator.pod" -}}
+{{- $g := .Values.generator }}
+{{- $args := list (printf "--data-dir=%s" .Values.dataDir) }}
+{{- $args = concat $args (include "ncf-tandem.flags" (list
+      (list "--workers" $g.workers "int")
+      (list "--start-timeout" $g.timeouts.start "seconds")
+      (list "--peer-timeout" $g.timeouts.peer "seconds")
+      (list "--heartbeat-interval" $g.timeouts.heartbeatInterval "seconds")
+      (list "--cache-dir" $g.cacheDir "string")
+    ) | fromYamlArray) }}
+{{- if $g.args }}
+{{- $args = $g.args }}
+{{- end }}
+{{- $args = concat $args $g.extraArgs }}
+
+{{- $nodeSelector := dict }}
+{{- $tolerations := list }}
+{{- if $g.spot }}
+{{- $nodeSelector = include "ncf-tandem.spotNodeSelector" . | fromYaml }}
+{{- $tolerations = include "ncf-tandem.spotTolerations" . | fromYamlArray }}
+{{- end }}
+{{- $nodeSelector = mergeOverwrite $nodeSelector (deepCopy $g.nodeSelector) }}
+{{- $tolerations = concat $tolerations $g.tolerations }}
+
+{{- $affinity := deepCopy $g.affinity }}
+{{- if and $g.avoidAcceleratorNodes (not $affinity.nodeAffinity) }}
+{{- /* GKE taints accelerator nodes, but not every cluster does: keep the CPU
+       work off GPU and TPU nodes explicitly. */ -}}
+{{- $_ := set $affinity "nodeAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (dict "nodeSelectorTerms" (list (dict "matchExpressions" (list
+      (dict "key" "cloud.google.com/gke-accelerator" "operator" "DoesNotExist")
+      (dict "key" "cloud.google.com/gke-tpu-accelerator" "operator" "DoesNotExist")
+    ))))) }}
+{{- end }}
+{{- toYaml (dict
+      "args" $args
+      "nodeSelector" $nodeSelector
+      "tolerations" $tolerations
+      "affinity" $affinity
+      "resources" (include "ncf-tandem.resources" (dict "resources" $g.resources "devices" dict "what" "generator.resources") | fromYaml)
+      "extraEnv" list) }}
+{{- end }}
+
+{{/*
+The trainer: every training flag comes from trainer.training, and the
+accelerator preset adds GKE's node labels, taint tolerations and device
+resources for the trainer only.
+Usage: include "ncf-tandem.trainer.pod" $ | fromYaml
+*/}}
+{{- define "ncf-tandem.trainer.pod" -}}
+{{- $t := .Values.trainer }}
+{{- $tr := $t.training }}
+{{- $args := list (printf "--data-dir=%s" .Values.dataDir) }}
+{{- $args = concat $args (include "ncf-tandem.flags" (list
+      (list "--dataset" $tr.dataset "string")
+      (list "--ratings" $tr.ratings "string")
+      (list "--epochs" $tr.epochs "int")
+      (list "--batch-size" $tr.batchSize "int")
+      (list "--eval-batch-size" $tr.evalBatchSize "int")
+      (list "--num-neg" $tr.numNeg "int")
+      (list "--eval-negatives" $tr.evalNegatives "int")
+      (list "--eval-mode" $tr.evalMode "string")
+      (list "--learning-rate" $tr.learningRate "float")
+      (list "--mf-dim" $tr.mfDim "int")
+      (list "--l2" $tr.l2 "float")
+      (list "--layers" $tr.layers "intlist")
+      (list "--seed" $tr.seed "int")
+      (list "--target-hr" $tr.targetHr "float")
+      (list "--buffer-epochs" $tr.bufferEpochs "int")
+      (list "--mixed-precision" $tr.mixedPrecision "bool")
+      (list "--xla" $tr.xla "bool")
+      (list "--steps-per-execution" $tr.stepsPerExecution "int")
+      (list "--start-timeout" $t.timeouts.start "seconds")
+      (list "--peer-timeout" $t.timeouts.peer "seconds")
+      (list "--heartbeat-interval" $t.timeouts.heartbeatInterval "seconds")
+    ) | fromYamlArray) }}
+{{- if $t.args }}
+{{- $args = $t.args }}
+{{- end }}
+{{- $args = concat $args $t.extraArgs }}
+
+{{- /* Placement and devices from the accelerator preset. */ -}}
+{{- $acc := $t.accelerator }}
+{{- $nodeSelector := dict }}
+{{- $tolerations := list }}
+{{- $devices := dict }}
+{{- $extraEnv := list }}
+{{- if eq $acc.preset "nvidia" }}
+{{- $_ := set $nodeSelector "cloud.google.com/gke-accelerator" $acc.nvidia.type }}
+{{- $tolerations = append $tolerations (dict "key" "nvidia.com/gpu" "operator" "Exists" "effect" "NoSchedule") }}
+{{- $_ := set $devices "nvidia.com/gpu" (int64 $acc.nvidia.count) }}
+{{- /* GKE installs the driver (libcuda) under /usr/local/nvidia. */ -}}
+{{- $extraEnv = append $extraEnv (dict "name" "LD_LIBRARY_PATH" "value" "/usr/local/nvidia/lib64") }}
+{{- else if eq $acc.preset "tpu" }}
+{{- $_ := set $nodeSelector "cloud.google.com/gke-tpu-accelerator" $acc.tpu.type }}
+{{- $_ := set $nodeSelector "cloud.google.com/gke-tpu-topology" $acc.tpu.topology }}
+{{- $tolerations = append $tolerations (dict "key" "google.com/tpu" "operator" "Exists" "effect" "NoSchedule") }}
+{{- $_ := set $devices "google.com/tpu" (int64 $acc.tpu.count) }}
+{{- end }}
+{{- if $t.spot }}
+{{- $nodeSelector = mergeOverwrite $nodeSelector (include "ncf-tandem.spotNodeSelector" . | fromYaml) }}
+{{- $tolerations = concat $tolerations (include "ncf-tandem.spotTolerations" . | fromYamlArray) }}
+{{- end }}
+{{- $nodeSelector = mergeOverwrite $nodeSelector (deepCopy $t.nodeSelector) }}
+{{- $tolerations = concat $tolerations $t.tolerations }}
+{{- toYaml (dict
+      "args" $args
+      "nodeSelector" $nodeSelector
+      "tolerations" $tolerations
+      "affinity" $t.affinity
+      "resources" (include "ncf-tandem.resources" (dict "resources" $t.resources "devices" $devices "what" "trainer.resources") | fromYaml)
+      "extraEnv" $extraEnv) }}
+{{- end }}
+
+{{/*
+Annotations of a component's Job (or JobSet template): the checkov findings
+accepted for it, with their reasons.
+*/}}
+{{- define "ncf-tandem.jobAnnotations" -}}
+{{- include "ncf-tandem.checkovSkips" (list "CKV_K8S_43" "CKV_K8S_15") }}
+{{- end }}
+
+{{/*
+One component's Job spec: retries, the exit code 2 rule, its pod template.
+Usage: include "ncf-tandem.jobSpec" (dict "root" $ "name" "generator" ["inJobSet" true])
+In a JobSet the Jobs have no ttlSecondsAfterFinished (the JobSet's own
+applies) and no suspend (the JobSet is what Kueue suspends).
+*/}}
+{{- define "ncf-tandem.jobSpec" -}}
+{{- $root := .root }}
+{{- $c := index $root.Values .name }}
+{{- $pod := include (printf "ncf-tandem.%s.pod" .name) $root | fromYaml }}
+{{- $podSecurityContext := mergeOverwrite (deepCopy $root.Values.podSecurityContext) (deepCopy (default dict $c.podSecurityContext)) }}
+{{- $securityContext := mergeOverwrite (deepCopy $root.Values.securityContext) (deepCopy (default dict $c.securityContext)) }}
+{{- if and $root.Values.kueue.queueName (not .inJobSet) }}
+# Kueue starts it once admitted.
+suspend: true
+{{- end }}
+backoffLimit: {{ int64 $c.job.backoffLimit }}
+{{- with $c.job.activeDeadlineSeconds }}
+activeDeadlineSeconds: {{ int64 . }}
+{{- end }}
+{{- if and (not .inJobSet) (not (kindIs "invalid" $c.job.ttlSecondsAfterFinished)) }}
+ttlSecondsAfterFinished: {{ int64 $c.job.ttlSecondsAfterFinished }}
+{{- end }}
+{{- if or $c.job.failJobOnExitCodes $c.job.ignoreDisruptions }}
+podFailurePolicy:
+  rules:
+    {{- with $c.job.failJobOnExitCodes }}
+    # Exit code 2 is invalid input or configuration: a retry cannot fix it.
+    - action: FailJob
+      onExitCodes:
+        containerName: {{ $.name }}
+        operator: In
+        values:
+          {{- range . }}
+          - {{ int64 . }}
+          {{- end }}
+    {{- end }}
+    {{- if $c.job.ignoreDisruptions }}
+    # Preemption (Spot), node drains and evictions do not count against
+    # backoffLimit: the restarted pod resumes where the last one stopped.
+    - action: Ignore
+      onPodConditions:
+        - type: DisruptionTarget
+          status: "True"
+    {{- end }}
+{{- end }}
+template:
+  metadata:
+    labels:
+      {{- include "ncf-tandem.componentLabels" (dict "root" $root "component" .name "selector" true) | nindent 6 }}
+      {{- with $c.podLabels }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+    {{- with $c.podAnnotations }}
+    annotations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+  spec:
+    # podFailurePolicy requires Never: Kubernetes restarts a failed pod as a
+    # new pod, counted by backoffLimit.
+    restartPolicy: Never
+    serviceAccountName: {{ include "ncf-tandem.serviceAccountName" $root }}
+    automountServiceAccountToken: {{ $root.Values.serviceAccount.automountToken }}
+    {{- with $root.Values.imagePullSecrets }}
+    imagePullSecrets:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    securityContext:
+      {{- toYaml $podSecurityContext | nindent 6 }}
+    {{- with $pod.nodeSelector }}
+    nodeSelector:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with $pod.tolerations }}
+    tolerations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with $pod.affinity }}
+    affinity:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with $c.terminationGracePeriodSeconds }}
+    terminationGracePeriodSeconds: {{ int64 . }}
+    {{- end }}
+    {{- if $root.Values.gcsEmulator.enabled }}
+    initContainers:
+      {{- include "ncf-tandem.waitForEmulator" (dict "root" $root "component" $c "securityContext" $securityContext) | nindent 6 }}
+    {{- end }}
+    containers:
+      - name: {{ .name }}
+        image: {{ include "ncf-tandem.image" (dict "root" $root "image" $c.image) | quote }}
+        imagePullPolicy: {{ $c.image.pullPolicy }}
+        args:
+          {{- toYaml $pod.args | nindent 10 }}
+        env:
+          {{- include "ncf-tandem.commonEnv" $root | nindent 10 }}
+          {{- with $pod.extraEnv }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+          {{- with $c.env }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        {{- with $pod.resources }}
+        resources:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+        securityContext:
+          {{- toYaml $securityContext | nindent 10 }}
+        volumeMounts:
+          # The root filesystem is read-only; /tmp is the scratch space.
+          - name: scratch
+            mountPath: /tmp
+    volumes:
+      - name: scratch
+        emptyDir:
+          {{- with $c.scratch.medium }}
+          medium: {{ . }}
+          {{- end }}
+          {{- with $c.scratch.sizeLimit }}
+          sizeLimit: {{ . }}
+          {{- end }}
+{{- end }}
+
+{{/*
+One component's Job (workload: jobs).
+Usage: include "ncf-tandem.job" (dict "root" $ "name" "generator")
+*/}}
+{{- define "ncf-tandem.job" -}}
+{{- $root := .root }}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ printf "%s-%s" (include "ncf-tandem.fullname" $root) .name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "ncf-tandem.componentLabels" (dict "root" $root "component" .name) | nindent 4 }}
+    {{- with $root.Values.kueue.queueName }}
+    kueue.x-k8s.io/queue-name: {{ . }}
+    {{- end }}
+  annotations:
+    {{- include "ncf-tandem.jobAnnotations" $root | nindent 4 }}
+spec:
+  {{- include "ncf-tandem.jobSpec" (dict "root" $root "name" .name) | nindent 2 }}
+{{- end }}
