@@ -117,9 +117,10 @@ def test_trainer_image_has_tensorflow_cpu(images):
 
 def test_generator_image_is_small(images):
     size = ds.image_size_bytes(images["generator"])
-    # The base image plus numpy, numba (its LLVM is 175 MB of it) and gcsfs: about 360 MB.
-    # TensorFlow alone would add over 1 GB.
-    assert size < ds.image_size_bytes(ds.BASE_IMAGE) + 450e6, size
+    # The base image plus numpy, numba (its LLVM is 175 MB of it), gcsfs and the kubernetes
+    # client that the helm test pod's ncf-status needs: about 500 MB. TensorFlow alone would
+    # add over 1 GB.
+    assert size < ds.image_size_bytes(ds.BASE_IMAGE) + 560e6, size
 
 
 @pytest.mark.parametrize("component,flag", [("generator", "--data-dir"), ("trainer", "--dataset")])
