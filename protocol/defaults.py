@@ -10,3 +10,17 @@ START_TIMEOUT_S = 3600.0
 PEER_TIMEOUT_S = 300.0
 # Seconds between rewrites of status/<side>.json; written into every Status.
 HEARTBEAT_INTERVAL_S = 10.0
+
+# The bucket (DESIGN.md "What a real bucket does"). Each may be overridden by an environment
+# variable of the same name prefixed NCF_ (the fault tests shorten them; production never needs to).
+# Every request: seconds to open a connection, and seconds a response may go without a byte.
+BUCKET_CONNECT_TIMEOUT_S = 20.0
+BUCKET_READ_TIMEOUT_S = 60.0
+# A read or write the Job cannot go on without treats transient bucket errors (408, 429, 5xx,
+# resets, timeouts) as passing for this long (google-cloud-storage's default deadline), then fails.
+BUCKET_DEADLINE_S = 120.0
+# On exit, how long a Job waits for its final status/<side>.json to land (the bucket may be down).
+HEARTBEAT_FLUSH_S = 60.0
+# A peer's `failed` status stamped more than this before this process started (by the peer's
+# clock against ours) is an earlier attempt's; within it, it is taken as a failure seen live.
+CLOCK_SKEW_S = 30.0

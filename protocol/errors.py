@@ -48,6 +48,15 @@ class PeerError(Exception):
     exit_code = EXIT_PEER
 
 
+class BucketUnavailable(Exception):
+    """The bucket kept failing with transient errors past the deadline. The message names the URL
+    and the last error. Exit code 3 when a poll for the other side's files gave up, else 1."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_OTHER):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class WaitTimeout(PeerError):
     """Waited for a file longer than allowed; the message names what and for how long."""
 

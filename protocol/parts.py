@@ -116,9 +116,11 @@ def write(url: str, columns: dict[str, np.ndarray]) -> PartInfo:
 
 
 def write_encoded(url: str, part: Encoded) -> PartInfo:
-    storage.write_bytes(url, part.data)
+    """Writes a part; on GCS its CRC32C as the server computed it must equal ours (rewritten if not)."""
+    crc32c = checksum(part.data)
+    storage.write_bytes(url, part.data, crc32c=crc32c)
     return PartInfo(name=url.rstrip("/").rsplit("/", 1)[-1], num_examples=part.num_examples,
-                    size=len(part.data), crc32c=checksum(part.data))
+                    size=len(part.data), crc32c=crc32c)
 
 
 def verify(data: bytes | memoryview, info: PartInfo, source: str) -> None:

@@ -14,6 +14,7 @@ def test_heartbeat_is_written_on_state_change_and_records_failure(run_url):
         with Heartbeat(run, "generator", interval=60) as beat:
             assert storage.read_message(run.status("generator"), Status).state == "starting"
             beat.update(state="generating", epoch=3, run_id="r1")
+            assert beat.flush(timeout=10)
             assert storage.read_message(run.status("generator"), Status).epoch == 3
             raise ValueError("num_neg too large\nsecond line")
     status = storage.read_message(run.status("generator"), Status)
@@ -36,12 +37,54 @@ def test_peer_that_never_starts_times_out(run_url):
         watch.check()
 
 
-def test_failed_peer_is_reported_with_its_message(run_url):
+def failed(side: str, at: float, pid: int = 1, message: str = "command.json: field 'num_neg'") -> Status:
+    return Status(side=side, state="failed", run_id="r", epoch=None, epochs_done=0, time=at, pid=pid,
+                  message=message)
+
+
+def test_a_peer_that_failed_gets_peer_timeout_to_come_back_then_is_reported_with_its_message(run_url):
     run = RunDir(run_url)
-    storage.overwrite(run.status("generator"), Status(side="generator", state="failed", run_id="r", epoch=None,
-                                                      epochs_done=0, message="command.json: field 'num_neg'"))
-    watch = PeerWatch(run, "generator", start_timeout=60, peer_timeout=60, min_poll=0)
-    with pytest.raises(PeerError, match="the generator failed: command.json: field 'num_neg'"):
+    storage.overwrite(run.status("generator"), failed("generator", time.time()))
+    watch = PeerWatch(run, "generator", start_timeout=60, peer_timeout=0.5, min_poll=0)
+    assert watch.check().state == "failed"  # not final: Kubernetes may restart it
+    time.sleep(0.6)
+    with pytest.raises(PeerError, match=r"the generator failed: command.json: field 'num_neg' \(no new attempt"):
+        watch.check()
+
+
+def test_a_failed_peer_that_comes_back_is_alive(run_url):
+    run = RunDir(run_url)
+    storage.overwrite(run.status("generator"), failed("generator", time.time()))
+    watch = PeerWatch(run, "generator", start_timeout=60, peer_timeout=0.5, min_poll=0)
+    watch.check()
+    time.sleep(0.3)
+    with Heartbeat(run, "generator", interval=0.1):  # the new attempt (another pid)
+        for _ in range(6):
+            time.sleep(0.15)
+            assert watch.check().state == "starting"
+
+
+def test_a_failure_from_before_this_process_started_waits_for_start_timeout(run_url):
+    run = RunDir(run_url)
+    storage.overwrite(run.status("trainer"), failed("trainer", time.time() - 600, message="OOM"))
+    watch = PeerWatch(run, "trainer", start_timeout=0.6, peer_timeout=0.1, min_poll=0,
+                      process_started=time.time())
+    assert watch.check() is None  # an earlier attempt's: as if not started yet
+    time.sleep(0.3)
+    assert watch.check() is None  # past --peer-timeout: still waiting
+    time.sleep(0.4)
+    with pytest.raises(PeerError, match="the trainer failed before this process started.*--start-timeout.*OOM"):
+        watch.check()
+
+
+def test_a_failure_within_the_clock_skew_allowance_counts_as_live(run_url):
+    run = RunDir(run_url)
+    now = time.time()
+    storage.overwrite(run.status("trainer"), failed("trainer", now - 10))  # 10 s < CLOCK_SKEW_S before our start
+    watch = PeerWatch(run, "trainer", start_timeout=60, peer_timeout=0.2, min_poll=0, process_started=now)
+    assert watch.check().state == "failed"
+    time.sleep(0.3)
+    with pytest.raises(PeerError, match="the trainer failed"):
         watch.check()
 
 
@@ -75,7 +118,10 @@ def test_heartbeat_writes_are_spaced_for_gcs_rate_limits(run_url):
     times = []
     with Heartbeat(run, "trainer", interval=10) as beat:
         for state in ("waiting", "training", "waiting"):
+            started = time.monotonic()
             beat.update(state=state)
+            assert time.monotonic() - started < 0.1, "update never waits for a write"
+            assert beat.flush(timeout=10)
             times.append(storage.read_message(run.status("trainer"), Status).time)
     assert storage.read_message(run.status("trainer"), Status).state == "waiting", "the last state wins"
     assert all(later - earlier >= 0.99 for earlier, later in zip(times, times[1:])), times

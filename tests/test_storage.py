@@ -177,3 +177,145 @@ def test_wait_until_returns_the_predicates_value_or_names_what_it_waited_for():
     assert storage.wait_until(lambda: calls.append(1) or (len(calls) >= 3 and "free"), 5, "a slot") == "free"
     with pytest.raises(WaitTimeout, match=r"waited \d+ s for a free slot; giving up"):
         storage.wait_until(lambda: None, 0.2, "a free slot")
+
+
+# ---- what a real bucket does (DESIGN.md): lost responses, transient errors, integrity, the class
+
+def test_publish_once_is_idempotent_for_the_same_bytes(run_url, caplog):
+    url = storage.join(run_url, "epochs", "000000", "ready.json")
+    storage.publish_once(url, b'{"a": 1}')
+    with caplog.at_level("INFO", logger="protocol.storage"):
+        storage.publish_once(url, b'{"a": 1}')  # a retry that meets its own write
+    assert "same bytes" in caplog.text
+    with pytest.raises(AlreadyPublished):
+        storage.publish_once(url, b'{"a": 2}')
+    assert storage.read_bytes(url) == b'{"a": 1}'
+
+
+def test_publish_once_survives_a_lost_response_through_the_chaos_bucket(chaos_bucket):
+    chaos, bucket = chaos_bucket
+    code = textwrap.dedent("""
+        import sys
+        from protocol import storage
+        storage.publish_once(sys.argv[1], b"mine")
+        print(storage.read_bytes(sys.argv[1]).decode())
+    """)
+    chaos.add(__import__("chaos_bucket").lose(create_only=True, times=1))
+    out = subprocess.run([sys.executable, "-c", code, f"{bucket}/run/command.json"], cwd=REPO, env=chaos.env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "mine" and chaos.counts()["lose"] == 1
+
+
+@pytest.mark.parametrize("make, transient", [
+    (lambda: __import__("gcsfs.retry").retry.HttpError({"code": 503, "message": "x"}), True),
+    (lambda: __import__("gcsfs.retry").retry.HttpError({"code": 429, "message": "x"}), True),
+    (lambda: __import__("gcsfs.retry").retry.HttpError({"code": 408, "message": "x"}), True),
+    (lambda: __import__("gcsfs.retry").retry.HttpError({"code": 400, "message": "x"}), False),
+    (lambda: __import__("requests").exceptions.ProxyError(), True),  # gcsfs's 502
+    (lambda: __import__("aiohttp").ServerDisconnectedError(), True),
+    (lambda: __import__("aiohttp").SocketTimeoutError(), True),
+    (lambda: __import__("aiohttp").ClientOSError(104, "Connection reset by peer"), True),
+    (lambda: __import__("asyncio").TimeoutError(), True),
+    (lambda: ConnectionResetError(104, "reset"), True),
+    (lambda: OSError("Forbidden: b/o"), False),  # gcsfs's 403
+    (lambda: FileNotFoundError("b/o"), False),
+    (lambda: FileExistsError("b/o"), False),  # 412
+    (lambda: ValueError("Bad Request"), False),
+])
+def test_transient_errors_are_told_from_final_ones(make, transient):
+    assert storage.is_transient(make()) is transient
+
+
+def test_retrying_rides_out_transient_errors_until_its_deadline():
+    from gcsfs.retry import HttpError
+
+    from protocol import BucketUnavailable
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise HttpError({"code": 503, "message": "backend error"})
+        return "ok"
+    assert storage.retrying(flaky, "gs://b/x", deadline=10) == "ok" and len(calls) == 3
+
+    def down():
+        raise HttpError({"code": 503, "message": "backend error"})
+    with pytest.raises(BucketUnavailable, match=r"gs://b/x: the bucket kept failing .*HttpError: backend error, 503") \
+            as caught:
+        storage.retrying(down, "gs://b/x", deadline=0.3)
+    assert exit_code_for(caught.value) == 1
+    with storage.polling(), pytest.raises(HttpError):  # a poll: one try, the caller decides
+        storage.retrying(down, "gs://b/x", deadline=10)
+
+
+def test_a_poll_treats_bucket_errors_as_no_news_until_its_patience_runs_out():
+    from gcsfs.retry import HttpError
+
+    from protocol import BucketUnavailable
+
+    answers = iter([HttpError({"code": 429, "message": "slow down"})] * 2 + [None, "there"])
+
+    def poll():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    assert storage.wait_until(poll, 10, "x", patience=5) == "there"
+
+    def down():
+        raise HttpError({"code": 503, "message": "backend error"})
+    with pytest.raises(BucketUnavailable, match="waiting for epoch 3: the bucket kept failing.*503") as caught:
+        storage.wait_until(down, 60, "epoch 3", patience=0.3)
+    assert exit_code_for(caught.value) == 3
+
+
+def test_every_bucket_request_has_connect_and_read_timeouts(fake_gcs, monkeypatch):
+    monkeypatch.setenv("NCF_BUCKET_READ_TIMEOUT_S", "7")
+    backend = storage._GCSBackend()
+    timeout = backend.fs.requests_timeout
+    assert (timeout.sock_connect, timeout.sock_read) == (20.0, 7.0)
+    import gcsfs.core
+    assert type(backend.fs) is gcsfs.core.GCSFileSystem, "the standard class, in tests as in production"
+
+
+def test_a_part_whose_crc32c_gcs_reports_differs_is_written_again(gcs_bucket, monkeypatch):
+    storage.write_bytes(f"{gcs_bucket}/warm", b"")
+    backend = storage._backends["gs"]
+    real, answers = backend.write, iter([0xDEAD, None, None])
+    monkeypatch.setattr(backend, "write", lambda path, data: (real(path, data), next(answers))[1])
+    url = f"{gcs_bucket}/epochs/000000/part-00000"
+    from protocol import parts
+    storage.write_bytes(url, b"payload", crc32c=parts.checksum(b"payload"))  # 1st: bad, 2nd: asks info(): good
+    assert storage.read_bytes(url) == b"payload"
+    monkeypatch.setattr(backend, "write", lambda path, data: (real(path, data), None)[1])
+    monkeypatch.setattr(backend, "crc32c", lambda path: 0xBAD)
+    from protocol import BucketUnavailable
+    with pytest.raises(BucketUnavailable, match="CRC32C mismatch after 3 uploads"):
+        storage.write_bytes(url, b"payload", crc32c=parts.checksum(b"payload"))
+
+
+def test_a_bucket_whose_metadata_is_forbidden_is_usable_if_it_takes_the_write_probe(chaos_bucket):
+    chaos, bucket = chaos_bucket
+    from chaos_bucket import fail
+
+    code = "import sys; from protocol import storage; storage.ensure_writable(sys.argv[1]); print('ok')"
+    # Bucket calls have no object name, which no name rule selects: this one takes only them.
+    forbidden = fail(403, method="GET")
+    forbidden.selects = lambda method, name, create_only: method == "GET" and name is None
+    chaos.add(forbidden)
+    out = subprocess.run([sys.executable, "-c", code, f"{bucket}/run"], cwd=REPO, env=chaos.env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert chaos.counts()["fail"] >= 1
+
+
+def test_a_zonal_bucket_is_refused_with_exit_2(gcs_bucket, monkeypatch):
+    backend = storage._resolve(gcs_bucket)[0]
+    monkeypatch.setattr(backend.fs, "call", lambda *a, **k: {"storageClass": "RAPID", "locationType": "zone",
+                                                              "location": "us-central1-a"})
+    with pytest.raises(InvalidInput, match="zonal bucket.*RAPID.*Standard bucket") as caught:
+        storage.ensure_writable(f"{gcs_bucket}/run")
+    assert exit_code_for(caught.value) == EXIT_INVALID

@@ -1,0 +1,177 @@
+"""Benchmark: the fault matrix of tests/test_faults.py, run end to end through the chaos bucket.
+
+    python bench/chaos.py [--epochs 2] [--only NAME ...]
+
+Each row runs both Jobs as separate processes on gs:// (fake-gcs-server behind the chaos
+proxy, tests/chaos_bucket.py) with one kind of fault, restarts a side where the scenario says
+so, and checks the outcome: both exit 0, every epoch trained exactly once (metrics.jsonl) and
+every epoch's ready.json listing the parts of a fault-free run. The last line printed is one
+JSON object: faults injected by kind, runs completed, epochs lost and duplicated (0 and 0),
+and listings that differed from the fault-free run.
+
+The proxy and the Job helpers live with the tests (tests/chaos_bucket.py, tests/jobs.py): the
+tests folder is put on the import path explicitly, as bench/chaos_proxy.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from chaos_proxy import make_bucket, start_emulator  # bench/, the script's own folder
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+EMULATOR, EMULATOR_URL = start_emulator()
+os.environ["STORAGE_EMULATOR_HOST"] = EMULATOR_URL  # this process reads the bucket straight
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+
+from builders import command, metrics_line_epochs, publish_command, read_status  # noqa: E402
+from chaos_bucket import ChaosBucket, fail, lose, stall  # noqa: E402
+from jobs import FAST, Job, generator, trainer, wait_until  # noqa: E402
+
+from protocol import Ready, RunDir, storage  # noqa: E402
+
+BUCKET_ENV = {"NCF_BUCKET_CONNECT_TIMEOUT_S": "2", "NCF_BUCKET_READ_TIMEOUT_S": "5", "PYTHONUNBUFFERED": "1"}
+GEN_ARGS = ("--part-examples", "20000")
+TRAIN_ARGS = ("--buffer-epochs", "1")
+
+
+def listings(run_url: str, seen: dict) -> None:
+    run = RunDir(run_url)
+    for name in storage.listdir(run.epochs_dir):
+        if name.isdigit():
+            try:
+                ready = storage.read_message(RunDir.ready(run.epoch_dir(int(name))), Ready)
+            except FileNotFoundError:
+                continue
+            seen.setdefault(ready.epoch, []).append([p.to_dict() for p in ready.parts])
+
+
+def expected_listings(epochs: int, log_dir: Path) -> dict:
+    run_url = f"gs://{make_bucket(EMULATOR_URL)}/run"
+    publish_command(run_url, command(epochs=epochs, eval_negatives=99, buffer_epochs=epochs))
+    job = Job("generator", ["--data-dir", run_url, "--workers", "1", *FAST, *GEN_ARGS], log_dir, dict(os.environ))
+    assert job.wait(300) == 0, job.log[-3000:]
+    seen: dict = {}
+    listings(run_url, seen)
+    return {epoch: found[0] for epoch, found in seen.items()}
+
+
+def scenario_plain(rules):
+    def run(chaos, start):
+        chaos.add(*rules())
+        return [start("generator"), start("trainer")]
+    return run
+
+
+def scenario_outage(chaos, start):
+    gen, train = start("generator"), start("trainer")
+    run_url = start.run_url
+    wait_until(lambda: (g := read_status(run_url, "generator")) and g.state == "waiting" and g.epoch == 1
+               and (t := read_status(run_url, "trainer")) and t.state in ("training", "waiting"), 300,
+               "both sides polling")
+    chaos.add(fail(503, window=(0, 45)))
+    codes = [gen.wait(300), train.wait(300)]
+    if codes != [3, 3]:
+        raise AssertionError(f"expected both to exit 3 in the outage, got {codes}")
+    chaos.clear()
+    return [start("generator"), start("trainer")]
+
+
+def scenario_restart(side: str):
+    def run(chaos, start):
+        method = "GET" if side == "trainer" else "POST"
+        chaos.add(fail(403, method=method, name="run/epochs/000001/part-*", times=1))
+        timeout = ("--peer-timeout", "45")
+        jobs = {"generator": start("generator", *timeout), "trainer": start("trainer", *timeout)}
+        code = jobs[side].wait(300)
+        if code != 1:
+            raise AssertionError(f"expected the {side} to exit 1, got {code}")
+        time.sleep(20)  # Kubernetes' restart
+        jobs[side] = start(side, *timeout)
+        return list(jobs.values())
+    return run
+
+
+MATRIX = {
+    "lost-responses": scenario_plain(lambda: [lose(create_only=True, once_per_object=True)]),
+    "429-503-bursts": scenario_plain(lambda: [fail(429, window=(4, 12)), fail(503, window=(18, 26))]),
+    "stalls": scenario_plain(lambda: [stall(60, method="GET", name="run/epochs/*/part-*", times=1),
+                                      stall(60, method="GET", name="run/dataset/eval/part-*", times=1),
+                                      stall(60, method="POST", name="run/epochs/*/part-*", times=2),
+                                      stall(60, method="POST", name="run/status/*.json", times=1)]),
+    "stalled-part-read": scenario_plain(lambda: [stall(60, method="GET", name="run/epochs/000001/part-*", times=1)]),
+    "outage": scenario_outage,
+    "trainer-restart": scenario_restart("trainer"),
+    "generator-restart": scenario_restart("generator"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--only", nargs="*", choices=sorted(MATRIX), help="run only these rows")
+    args = parser.parse_args()
+    log_dir = Path(tempfile.mkdtemp(prefix="ncf-chaos-"))
+    faults, completed, lost, duplicated, differing, failures = Counter(), 0, 0, 0, 0, []
+    try:
+        expected = expected_listings(args.epochs, log_dir)
+        for name in args.only or MATRIX:
+            started = time.monotonic()
+            with ChaosBucket(EMULATOR_URL) as chaos:
+                run_url = f"gs://{make_bucket(EMULATOR_URL)}/run"
+                env = {**chaos.env(), **BUCKET_ENV}
+
+                def start(side, *extra):
+                    if side == "generator":
+                        return generator(run_url, log_dir, env, *GEN_ARGS, *extra)
+                    return trainer(run_url, log_dir, env, *TRAIN_ARGS, *extra, epochs=args.epochs)
+                start.run_url = run_url
+                seen, stop = {}, threading.Event()
+
+                def watch():
+                    while not stop.wait(0.05):
+                        try:
+                            listings(run_url, seen)
+                        except OSError:
+                            pass
+                watcher = threading.Thread(target=watch, daemon=True)
+                watcher.start()
+                try:
+                    jobs = MATRIX[name](chaos, start)
+                    codes = [job.wait(600) for job in jobs]
+                    if codes != [0, 0]:
+                        raise AssertionError(f"exit codes {codes}; see {log_dir}")
+                    completed += 1
+                except AssertionError as error:
+                    failures.append(f"{name}: {error}")
+                finally:
+                    stop.set()
+                    watcher.join()
+                    faults.update({k: v for k, v in chaos.counts().items() if k != "shape"})
+                trained = Counter(metrics_line_epochs(run_url))
+                lost += sum(1 for e in range(args.epochs) if trained[e] == 0)
+                duplicated += sum(max(0, n - 1) for n in trained.values())
+                differing += sum(1 for e, found in seen.items() for parts in found if parts != expected.get(e))
+                print(f"{name:20s} {time.monotonic() - started:6.1f} s  epochs trained {dict(trained)}  "
+                      f"faults {chaos.counts()}", flush=True)
+    finally:
+        EMULATOR.terminate()
+        EMULATOR.wait()
+    for failure in failures:
+        print("FAILED", failure)
+    print(json.dumps({"faults": dict(faults), "runs": len(args.only or MATRIX), "runs_completed": completed,
+                      "epochs_lost": lost, "epochs_duplicated": duplicated, "listings_differing": differing}))
+
+
+if __name__ == "__main__":
+    main()
