@@ -11,7 +11,7 @@ from protocol import cli
 from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S
 
 from .job import Options, run
-from .sampling import DEFAULT_PART_EXAMPLES
+from .sampling import DEFAULT_PART_EXAMPLES, DEFAULT_UPLOAD_CONCURRENCY
 
 # cgroup v2: "<quota> <period>" in microseconds, or "max <period>". A pod's limits.cpu shows
 # only here: the CPUs a container sees (affinity) are the node's.
@@ -40,10 +40,14 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--part-examples", type=_positive(int), default=DEFAULT_PART_EXAMPLES,
                         help="training examples per part file (default %(default)s); it is part of an "
                              "epoch's byte layout, so keep it fixed across restarts of one run")
+    parser.add_argument("--upload-concurrency", type=_positive(int), default=DEFAULT_UPLOAD_CONCURRENCY,
+                        help="part uploads in flight (default %(default)s, measured with bench/bucket.py); at most "
+                             "twice as many parts are held in memory; does not change the output")
     args = parser.parse_args(argv)
     return Options(data_dir=args.data_dir, workers=args.workers, start_timeout=args.start_timeout,
                    peer_timeout=args.peer_timeout, heartbeat_interval=args.heartbeat_interval,
-                   cache_dir=args.cache_dir, part_examples=args.part_examples)
+                   cache_dir=args.cache_dir, part_examples=args.part_examples,
+                   upload_concurrency=args.upload_concurrency)
 
 
 def usable_cpus() -> int:

@@ -12,6 +12,14 @@ One epoch is made in two stages over a shared buffer of packed examples
 
 The loops over examples are compiled (generator.kernels).
 
+Uploads are decoupled from sampling: a finished part goes to `upload_concurrency` upload
+threads (one connection to GCS moves 60-200 MB/s, so throughput comes from many in
+flight), and at most `queued_parts` parts (2 x upload_concurrency: the ones uploading
+plus as many waiting) are held in memory at once; a worker that would exceed that waits
+for an upload to land. `start` returns once every part of the epoch is encoded (the
+shared buffer is then free), so the next epoch's sampling overlaps this one's uploads;
+its EpochUpload says when they all landed (the caller publishes ready.json only then).
+
 Each example lands in a uniformly random slice and each slice is uniformly shuffled, so
 the epoch is a uniformly random permutation (tests/test_generator_kernels.py checks it).
 Every random draw comes from an SFC64 stream seeded by (seed, epoch, purpose) and the
@@ -22,7 +30,8 @@ threads, nor on which epochs were made before it).
 from __future__ import annotations
 
 import ctypes
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +45,9 @@ from .preprocess import Dataset
 CHUNK_POSITIVES = 1 << 15  # about 1.3 MB of examples with 4 negatives: stays in a core's L2
 SLICE_EXAMPLES = 1 << 17  # 1 MB
 DEFAULT_PART_EXAMPLES = 1_000_000
+# Measured with bench/bucket.py through the chaos bucket shaped to 25 MB/s + 20 ms per
+# connection: 16 in flight reach the 2-core machine's limit (8 do not fill the link).
+DEFAULT_UPLOAD_CONCURRENCY = 16
 
 # What a random stream is for: SeedSequence([seed, epoch, purpose]), then one per chunk or slice.
 NEGATIVES, SPLIT, SLICE = 0, 1, 2
@@ -92,14 +104,29 @@ class EpochSplit:
         return EpochSplit(starts, sizes, bounds)
 
 
+class EpochUpload:
+    """The uploads of one epoch's parts: result() waits for every one and returns the listing
+    in part order (raising the first upload error)."""
+
+    def __init__(self, futures: list[Future]):
+        self._futures = futures
+
+    def done(self) -> bool:
+        return all(f.done() for f in self._futures)
+
+    def result(self, timeout: float | None = None) -> list[PartInfo]:
+        return [f.result(timeout) for f in self._futures]
+
+
 class EpochWriter:
-    """Writes epochs into a run directory, with `workers` threads (1: this thread alone).
+    """Writes epochs into a run directory, with `workers` threads (1: this thread alone)
+    sampling and encoding, and `upload_concurrency` threads uploading.
 
     Threads, not processes: the compiled loops release the GIL, so the workers share the
     buffer and the dataset as plain arrays, and tasks are plain calls."""
 
     def __init__(self, dataset: Dataset, seed: int, num_neg: int, workers: int = 1,
-                 part_examples: int = DEFAULT_PART_EXAMPLES):
+                 part_examples: int = DEFAULT_PART_EXAMPLES, upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY):
         _check_negatives_exist(dataset)
         self.dataset, self.seed, self.num_neg = dataset, seed, num_neg
         self.layout = EpochLayout.of(dataset, num_neg, part_examples)
@@ -107,6 +134,9 @@ class EpochWriter:
         _reuse_freed_memory()
         self._buffer = np.empty(self.layout.num_examples, np.uint64)
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="epoch") if workers > 1 else None
+        self._uploads = ThreadPoolExecutor(upload_concurrency, thread_name_prefix="upload")
+        self.queued_parts = 2 * upload_concurrency
+        self._slots = threading.BoundedSemaphore(self.queued_parts)
 
     def __enter__(self) -> EpochWriter:
         return self
@@ -118,9 +148,16 @@ class EpochWriter:
         if self._threads is not None:
             self._threads.shutdown(wait=True, cancel_futures=True)
             self._threads = None
+        self._uploads.shutdown(wait=True, cancel_futures=True)
 
     def write(self, epoch: int, folder: str) -> list[PartInfo]:
-        """Samples, shuffles and writes epoch `epoch` as parts under folder; returns their listing."""
+        """Samples, shuffles and writes epoch `epoch` as parts under folder; returns their
+        listing once every part has landed."""
+        return self.start(epoch, folder).result()
+
+    def start(self, epoch: int, folder: str) -> EpochUpload:
+        """Samples and shuffles epoch `epoch` and queues its parts' uploads; returns when the
+        buffer is free for the next epoch (uploads may still be in flight)."""
         layout = self.layout
         split = EpochSplit.draw(layout, self.seed, epoch)
         chunk_streams = kernels.streams(np.random.SeedSequence([self.seed, epoch, NEGATIVES]), layout.num_chunks)
@@ -128,11 +165,11 @@ class EpochWriter:
                                      for c in range(layout.num_chunks)])
         slice_streams = kernels.streams(np.random.SeedSequence([self.seed, epoch, SLICE]), layout.num_slices)
         per_part = layout.slices_per_part
-        return self._map(self._write_part, [
+        return EpochUpload(self._map(self._write_part, [
             (slice_streams[p * per_part:(p + 1) * per_part], split.slice_bounds[p * per_part:(p + 1) * per_part + 1],
              storage.join(folder, RunDir.part_name(p)))
             for p in range(layout.num_parts)
-        ])
+        ]))
 
     def _map(self, function, tasks: list[tuple]) -> list:
         if self._threads is None:
@@ -149,8 +186,20 @@ class EpochWriter:
                                 kernels.item_bitmap(self.dataset.num_items), examples)
         kernels.scatter(examples, piece_starts, piece_sizes, self._buffer)
 
-    def _write_part(self, streams: np.ndarray, slice_bounds: np.ndarray, url: str) -> PartInfo:
-        """Stage 2: shuffle each of one part's slices, unpack them into the part's columns, write."""
+    def _write_part(self, streams: np.ndarray, slice_bounds: np.ndarray, url: str) -> Future:
+        """Stage 2: shuffle each of one part's slices, unpack them into the part's columns, queue
+        its upload (waiting for a free slot first: memory stays bounded)."""
+        self._slots.acquire()
+        try:
+            encoded = self._encode_part(streams, slice_bounds)
+            future = self._uploads.submit(parts.write_encoded, url, encoded)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def _encode_part(self, streams: np.ndarray, slice_bounds: np.ndarray) -> parts.Encoded:
         encoded = parts.empty(slice_bounds[-1] - slice_bounds[0], {
             "user": id_dtype(self.dataset.num_users), "item": id_dtype(self.dataset.num_items), "label": np.uint8})
         shuffled = np.empty(np.diff(slice_bounds).max(), np.uint64)
@@ -158,7 +207,7 @@ class EpochWriter:
             kernels.shuffled_copy(stream, self._buffer[start:stop], shuffled[:stop - start])
             at = slice(start - slice_bounds[0], stop - slice_bounds[0])
             kernels.unpack(shuffled[:stop - start], *(encoded.columns[name][at] for name in ("user", "item", "label")))
-        return parts.write_encoded(url, encoded)
+        return encoded
 
 
 def _check_negatives_exist(dataset: Dataset) -> None:

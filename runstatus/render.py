@@ -134,7 +134,7 @@ def _metric_lines(snapshot: Snapshot) -> list[str]:
     if not snapshot.metrics:
         return ["", "No epoch trained yet (metrics.jsonl is empty or missing)."]
     rows = snapshot.metrics[-MAX_METRIC_ROWS:]
-    lines = ["", f"{'epoch':>5}  {'HR@10':>6}  {'NDCG@10':>7}  {'loss':>7}  {'examples/s':>11}  {'data wait s':>11}"]
+    lines = ["", f"{'epoch':>5}  {'HR@10':>6}  {'NDCG@10':>7}  {'loss':>7}  {'examples/s':>11}  {'data wait s':>11}  {'ckpt wait s':>11}"]
     hidden = len(snapshot.metrics) - len(rows)
     if hidden:
         lines.append(f"{'...':>5}  ({hidden} earlier epochs not shown)")
@@ -142,5 +142,5 @@ def _metric_lines(snapshot: Snapshot) -> list[str]:
     for m in rows:
         mark = "  <- best HR@10" if m is best and len(snapshot.metrics) > 1 else ""
         lines.append(f"{m.epoch:>5}  {m.hr_at_10:>6.4f}  {m.ndcg_at_10:>7.4f}  {m.loss:>7.4f}  "
-                     f"{m.examples_per_s:>11,.0f}  {m.data_wait_s:>11.1f}{mark}")
+                     f"{m.examples_per_s:>11,.0f}  {m.data_wait_s:>11.1f}  {m.checkpoint_wait_s:>11.1f}{mark}")
     return lines

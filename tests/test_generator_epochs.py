@@ -22,9 +22,10 @@ from protocol import DatasetMeta, RunDir, parts, storage
 ML100K = dict(users=943, items=1682, ratings=100_000, train=99_057)
 
 
-def generate(run_url: str, command, workers: int = 1, part_examples: int = 100_000) -> None:
+def generate(run_url: str, command, workers: int = 1, part_examples: int = 100_000, upload_concurrency: int = 16) -> None:
     publish_command(run_url, command)
-    run(Options(data_dir=run_url, workers=workers, heartbeat_interval=0.2, part_examples=part_examples))
+    run(Options(data_dir=run_url, workers=workers, heartbeat_interval=0.2, part_examples=part_examples,
+                upload_concurrency=upload_concurrency))
 
 
 @pytest.fixture
@@ -109,14 +110,14 @@ def test_mlperf_eval_negatives_are_unrated_and_repeats_masked(ml100k_run, ml100k
     assert repeats > 0 and (mask[:, 0] == 1).all()  # with replacement: 999 of ~1500 items repeat
 
 
-def test_paper_mode_and_workers_do_not_change_a_byte(run_url, monkeypatch):
+def test_paper_mode_workers_and_uploads_do_not_change_a_byte(run_url, monkeypatch):
     # Small chunks and slices: many of each, so the two stages of the shuffle really mix.
     monkeypatch.setattr(sampling, "CHUNK_POSITIVES", 5000)
     monkeypatch.setattr(sampling, "SLICE_EXAMPLES", 4096)
     command = make_command("synthetic-small", epochs=2, eval_mode="paper", eval_negatives=999)
     one, two = run_url, run_url + "-workers"
-    generate(one, command, workers=1, part_examples=50_000)
-    generate(two, command, workers=2, part_examples=50_000)
+    generate(one, command, workers=1, part_examples=50_000, upload_concurrency=1)
+    generate(two, command, workers=2, part_examples=50_000, upload_concurrency=5)
     for epoch in (0, 1):
         assert part_bytes(one, epoch) == part_bytes(two, epoch)
         assert read_ready(one, epoch) == read_ready(two, epoch)

@@ -30,27 +30,35 @@ def read_ready(folder: str, run_id: str, kind: str, epoch: int | None) -> Ready:
     return ready
 
 
-def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int = 8) -> dict[str, np.ndarray]:
-    """Reads and verifies every listed part (in parallel) and concatenates the named columns."""
-    def one(info):
+def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int = 16) -> dict[str, np.ndarray]:
+    """Reads and verifies every listed part, `threads` in flight, straight into the named
+    columns (allocated once, from the sizes ready.json lists: no concatenation, and no more
+    than `threads` parts' bytes held besides the columns)."""
+    if not ready.parts:
+        raise CorruptData(f"{RunDir.ready(folder)} lists no parts")
+    offsets = np.concatenate([[0], np.cumsum([info.num_examples for info in ready.parts])])
+    out: dict[str, np.ndarray] = {}
+    allocate = threading.Lock()
+
+    def one(index: int) -> None:
+        info = ready.parts[index]
         url = storage.join(folder, info.name)
         columns = parts.read(url, info)
         missing = [n for n in names if n not in columns]
         if missing:
             raise CorruptData(f"{url}: lacks column(s) {', '.join(missing)} (has {', '.join(columns)})")
-        return columns
+        with allocate:
+            if not out:
+                out.update({n: np.empty((offsets[-1], *columns[n].shape[1:]), columns[n].dtype) for n in names})
+        for name in names:
+            source, target = columns[name], out[name]
+            if source.dtype != target.dtype or source.shape[1:] != target.shape[1:]:
+                raise CorruptData(f"{folder}: column {name!r} differs across parts ({source.dtype}{list(source.shape[1:])}"
+                                  f" in {info.name}, {target.dtype}{list(target.shape[1:])} in another)")
+            target[offsets[index]:offsets[index + 1]] = source
 
-    if not ready.parts:
-        raise CorruptData(f"{RunDir.ready(folder)} lists no parts")
-    with ThreadPoolExecutor(min(threads, len(ready.parts))) as pool:
-        chunks = list(pool.map(one, ready.parts))
-    out = {}
-    for name in names:
-        arrays = [c[name] for c in chunks]
-        dtypes = {a.dtype for a in arrays}
-        if len(dtypes) != 1:
-            raise CorruptData(f"{folder}: column {name!r} has different dtypes across parts ({dtypes})")
-        out[name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    with ThreadPoolExecutor(max(1, min(threads, len(ready.parts))), thread_name_prefix="read") as pool:
+        list(pool.map(one, range(len(ready.parts))))
     return out
 
 
@@ -66,10 +74,10 @@ class Epoch:
         return len(self.label)
 
 
-def read_epoch(run: RunDir, epoch: int, run_id: str) -> Epoch:
+def read_epoch(run: RunDir, epoch: int, run_id: str, threads: int = 16) -> Epoch:
     folder = run.epoch_dir(epoch)
     ready = read_ready(folder, run_id, "train", epoch)
-    cols = read_columns(folder, ready, ("user", "item", "label"))
+    cols = read_columns(folder, ready, ("user", "item", "label"), threads)
     for name in ("user", "item", "label"):
         if cols[name].ndim != 1:
             raise CorruptData(f"{folder}: column {name!r} should be one-dimensional, has shape {cols[name].shape}")
@@ -108,14 +116,18 @@ def blocks(user: np.ndarray, item: np.ndarray, label: np.ndarray, batch_size: in
 
 
 class Prefetcher:
-    """Reads epochs in a background thread, one ahead of the training loop.
+    """Reads epochs in a background thread, one ahead of the training loop, each with
+    `read_concurrency` part reads in flight. The trainer starts the first epoch's read
+    before it builds the model and each next one as soon as it takes the current one, so
+    the read of epoch k + 1 overlaps all of epoch k's training and evaluation.
 
     `wait_check` runs while an epoch's ready.json is missing (PeerWatch.check plus the
     spawned child's exit status); it may raise PeerError, which reaches the loop via get().
     """
 
-    def __init__(self, run: RunDir, run_id: str, wait_check: Callable[[str], None]):
+    def __init__(self, run: RunDir, run_id: str, wait_check: Callable[[str], None], read_concurrency: int = 16):
         self.run, self.run_id, self.wait_check = run, run_id, wait_check
+        self.read_concurrency = read_concurrency
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
         self._futures: dict[int, Future] = {}
         self._closed = threading.Event()
@@ -148,6 +160,6 @@ class Prefetcher:
         storage.wait_for(ready_url, float("inf"), f"epoch {epoch} from the generator",
                          check=lambda: self._check(ready_url))
         started = time.monotonic()
-        data = read_epoch(self.run, epoch, self.run_id)
+        data = read_epoch(self.run, epoch, self.run_id, self.read_concurrency)
         log.info("read epoch %d: %d examples in %.2f s", epoch, data.num_examples, time.monotonic() - started)
         return data
