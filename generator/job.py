@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from protocol import AlreadyPublished, Command, DatasetMeta, InvalidInput, Ready, RunDir, storage
+import numpy as np
+
+from protocol import AlreadyPublished, Command, DatasetMeta, InvalidInput, PartInfo, Ready, RunDir, parts, storage
 from protocol.cli import duration
 from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S
-from protocol.messages import differences
+from protocol.messages import IdMaps, differences
 from protocol.runfiles import epoch_folders, epoch_numbers
 from protocol.peer import Heartbeat, PeerWatch
 
 from . import evaldata
 from .datasets import prepare
 from .preprocess import Dataset
-from .sampling import DEFAULT_PART_EXAMPLES, EpochWriter
+from .sampling import DEFAULT_PART_EXAMPLES, DEFAULT_UPLOAD_CONCURRENCY, EpochUpload, EpochWriter
 
 log = logging.getLogger("ncf.generator")
 
@@ -36,6 +40,7 @@ class Options:
     heartbeat_interval: float = HEARTBEAT_INTERVAL_S
     cache_dir: str | None = None
     part_examples: int = DEFAULT_PART_EXAMPLES
+    upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY
 
 
 def default_cache_dir(data_dir: str) -> str:
@@ -46,11 +51,13 @@ def default_cache_dir(data_dir: str) -> str:
 def run(options: Options) -> None:
     run_dir = RunDir(options.data_dir)
     storage.ensure_writable(run_dir.url)
+    storage.set_poll_patience(options.peer_timeout)
     with Heartbeat(run_dir, "generator", options.heartbeat_interval) as beat:
         trainer = PeerWatch(run_dir, "trainer", options.start_timeout, options.peer_timeout)
         beat.update(state="waiting", message="waiting for command.json from the trainer")
         log.info("waiting for command.json from the trainer in %s", run_dir.url)
-        storage.wait_for(run_dir.command, options.start_timeout, "command.json from the trainer", check=trainer.check)
+        storage.wait_for(run_dir.command, options.start_timeout, "command.json from the trainer", check=trainer.check,
+                         patience=options.peer_timeout)
         command = storage.read_message(run_dir.command, Command)
         log.info("run %s: %s, %d epochs, %d negatives per positive, eval %s with %d negatives, seed %d",
                  command.run_id, command.dataset.name, command.epochs, command.num_neg,
@@ -60,6 +67,7 @@ def run(options: Options) -> None:
         meta = dataset.meta(command.run_id)
         command.check_against(meta, source=run_dir.command)
         evaldata.check_feasible(dataset, command, run_dir.command)
+        publish_ids(run_dir, dataset, command.run_id)  # before meta.json: whoever sees meta.json finds them
         publish_meta(run_dir, meta)
         write_eval(run_dir, dataset, command, beat)
         Epochs(run_dir, command, dataset, options, beat, trainer).produce()
@@ -76,6 +84,34 @@ def publish_meta(run_dir: RunDir, meta: DatasetMeta) -> None:
             raise InvalidInput(f"{run_dir.meta} was published by an earlier attempt with a different "
                                f"{', '.join(fields)}; this run directory belongs to another run") from None
         log.info("dataset/meta.json already published by an earlier attempt; it matches")
+
+
+def publish_ids(run_dir: RunDir, dataset: Dataset, run_id: str) -> IdMaps:
+    """Publishes dataset/ids/ (raw id maps, training items per user; protocol.messages.IdMaps)
+    once, create-only; a later attempt checks that what is there lists the same bytes."""
+    encoded = {"users": parts.encode({"raw_id": dataset.raw_user_ids.astype(np.int64),
+                                      "train_count": dataset.train_counts.astype(np.int64)}),
+               "items": parts.encode({"raw_id": dataset.raw_item_ids.astype(np.int64)}),
+               "train": parts.encode({"train_item": dataset.train_items})}
+    listing = IdMaps(run_id=run_id, num_users=dataset.num_users, num_items=dataset.num_items,
+                     num_train=dataset.num_train,
+                     **{name: PartInfo(name=name, num_examples=part.num_examples, size=len(part.data),
+                                       crc32c=parts.checksum(part.data)) for name, part in encoded.items()})
+    if not storage.exists(run_dir.ids):  # else leave the listed parts alone: compare below
+        for name, part in encoded.items():
+            parts.write_encoded(storage.join(run_dir.ids_dir, name), part)
+        try:
+            storage.publish_once(run_dir.ids, listing)
+            return listing
+        except AlreadyPublished:
+            pass
+    earlier = storage.read_message(run_dir.ids, IdMaps)
+    fields = differences(listing.to_dict(), earlier.to_dict())
+    if fields:
+        raise InvalidInput(f"{run_dir.ids} was published by an earlier attempt with a different "
+                           f"{', '.join(fields)}; this run directory belongs to another run")
+    log.info("dataset/ids/ already published by an earlier attempt; it matches")
+    return earlier
 
 
 def write_eval(run_dir: RunDir, dataset: Dataset, command: Command, beat: Heartbeat) -> None:
@@ -106,26 +142,36 @@ class Epochs:
         self.options, self.beat, self.trainer = options, beat, trainer
 
     def produce(self) -> None:
+        """Epoch k + 1 is sampled while epoch k's parts upload; a one-thread publisher waits for
+        each epoch's uploads and publishes its ready.json, in epoch order."""
         first = self.resume_point()
         total = self.command.epochs
         if first >= total:
             return self.finish(f"all {total} epochs were already made")
-        log.info("starting at epoch %d of %d (%d workers)", first, total, self.options.workers)
+        log.info("starting at epoch %d of %d (%d workers, %d uploads in flight)", first, total, self.options.workers,
+                 self.options.upload_concurrency)
         self.beat.update(epochs_done=first)
-        started = time.monotonic()
+        self.started, self.first = time.monotonic(), first
         with EpochWriter(self.dataset, self.command.seed, self.command.num_neg, self.options.workers,
-                         self.options.part_examples) as writer:
+                         self.options.part_examples, self.options.upload_concurrency) as writer, \
+                ThreadPoolExecutor(1, thread_name_prefix="publish") as publisher:
+            publishing: list[Future] = []
             for epoch in range(first, total):
-                waited = self.wait_for_free_slot(epoch)
+                publishing = [f for f in publishing if not (f.done() and f.result() is None)]  # raises its error
+                waited = self.wait_for_free_slot(epoch, unpublished=lambda: sum(not f.done() for f in publishing))
                 if waited is None:
                     # Stopped early (--target-hr): nobody will read the epochs still ready.
+                    for f in publishing:
+                        f.result()
                     storage.delete(self.run_dir.epochs_dir)
                     return self.finish("the trainer is done")
-                examples, seconds = self.write(writer, epoch)
-                eta = (time.monotonic() - started) / (epoch + 1 - first) * (total - epoch - 1)
-                log.info("epoch %d (%d/%d): %s examples in %.1f s (%.1f M/s), waited %.1f s for a free "
-                         "buffer slot; ETA %s", epoch, epoch + 1, total, f"{examples:,}", seconds, examples / seconds / 1e6,
-                         waited, duration(eta))
+                if epoch < self.consumed():
+                    continue  # a restarted trainer is past it: nobody will read it
+                began = time.monotonic()
+                upload = self.write(writer, epoch)
+                publishing.append(publisher.submit(self.publish, epoch, upload, began, waited))
+            for f in publishing:
+                f.result()
         self.finish(f"all {total} epochs made")
 
     def resume_point(self) -> int:
@@ -141,12 +187,19 @@ class Epochs:
             else:
                 log.info("deleting %s: an unfinished epoch of an earlier attempt", folder)
                 storage.delete(folder)
-        status = self.trainer.check()
-        consumed = status.epochs_done if status is not None and status.run_id == self.command.run_id else 0
-        return max(max(ready, default=-1) + 1, consumed)
+        self.trainer.check()
+        return max(max(ready, default=-1) + 1, self.consumed())
 
-    def wait_for_free_slot(self, epoch: int) -> float | None:
-        """Seconds waited until fewer than buffer_epochs epochs are ready; None if the trainer is done."""
+    def consumed(self) -> int:
+        """Epochs the trainer has consumed (trained and covered by a landed checkpoint), by the
+        last heartbeat read: even an earlier attempt's 'failed' one, which check() treats as
+        not started yet. Those epochs are never needed again."""
+        status = self.trainer.last
+        return status.epochs_done if status is not None and status.run_id == self.command.run_id else 0
+
+    def wait_for_free_slot(self, epoch: int, unpublished: Callable[[], int] = lambda: 0) -> float | None:
+        """Seconds waited until fewer than buffer_epochs epochs are ready (counting the
+        unpublished() ones still uploading); None if the trainer is done."""
         started = time.monotonic()
         polls = 0
 
@@ -155,7 +208,7 @@ class Epochs:
             status = self.trainer.check()
             if status is not None and status.state == "done" and status.run_id == self.command.run_id:
                 return "done"
-            if self.ready_count() < self.command.buffer_epochs:
+            if unpublished() + self.ready_count() < self.command.buffer_epochs:
                 return "free"
             polls += 1
             if polls == 1:
@@ -164,25 +217,40 @@ class Epochs:
             return None
 
         # No deadline of its own: the trainer's heartbeat (PeerWatch) bounds this wait.
-        outcome = storage.wait_until(free_or_done, float("inf"), "a free buffer slot", max_interval=1.0)
+        outcome = storage.wait_until(free_or_done, float("inf"), "a free buffer slot", max_interval=1.0,
+                                     patience=self.options.peer_timeout)
         return None if outcome == "done" else time.monotonic() - started
 
     def ready_count(self) -> int:
-        return sum(epoch_folders(self.run_dir).values())
+        """Ready epochs the trainer has not consumed. A consumed one still here was remade while
+        a restarted trainer was catching up (it deletes what it consumed when it starts): it is
+        deleted again, or it would hold a buffer slot that the trainer never frees."""
+        consumed, count = self.consumed(), 0
+        for epoch, ready in epoch_folders(self.run_dir).items():
+            if ready and epoch < consumed:
+                log.info("deleting epochs/%06d: the trainer consumed it already", epoch)
+                storage.delete(self.run_dir.epoch_dir(epoch))
+            count += ready and epoch >= consumed
+        return count
 
-    def write(self, writer: EpochWriter, epoch: int) -> tuple[int, float]:
-        """Writes one epoch's parts, then its ready.json; returns (examples, seconds)."""
-        folder = self.run_dir.epoch_dir(epoch)
+    def write(self, writer: EpochWriter, epoch: int) -> EpochUpload:
+        """Samples one epoch and queues its parts' uploads (see publish)."""
         self.beat.update(state="generating", epoch=epoch, message=f"writing epoch {epoch}")
-        started = time.monotonic()
-        listing = writer.write(epoch, folder)
+        return writer.start(epoch, self.run_dir.epoch_dir(epoch))
+
+    def publish(self, epoch: int, upload: EpochUpload, began: float, waited: float) -> None:
+        """Once every part of the epoch has landed: its ready.json, then the heartbeat."""
+        listing = upload.result()
         examples = sum(p.num_examples for p in listing)
-        storage.publish_once(RunDir.ready(folder), Ready(run_id=self.command.run_id, kind="train", epoch=epoch,
-                                                         num_examples=examples, parts=listing))
-        seconds = time.monotonic() - started
-        self.beat.update(epochs_done=epoch + 1, examples_per_s=examples / seconds,
-                         message=f"epoch {epoch} ready")
-        return examples, seconds
+        storage.publish_once(RunDir.ready(self.run_dir.epoch_dir(epoch)),
+                             Ready(run_id=self.command.run_id, kind="train", epoch=epoch, num_examples=examples,
+                                   parts=listing))
+        seconds = time.monotonic() - began
+        self.beat.update(epochs_done=epoch + 1, examples_per_s=examples / seconds, message=f"epoch {epoch} ready")
+        total = self.command.epochs
+        eta = (time.monotonic() - self.started) / (epoch + 1 - self.first) * (total - epoch - 1)
+        log.info("epoch %d (%d/%d): %s examples in %.1f s (%.1f M/s), waited %.1f s for a free buffer slot; ETA %s",
+                 epoch, epoch + 1, total, f"{examples:,}", seconds, examples / seconds / 1e6, waited, duration(eta))
 
     def finish(self, why: str) -> None:
         log.info("done: %s", why)

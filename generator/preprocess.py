@@ -6,6 +6,9 @@ the rest are training positives. Ratings with the same timestamp keep their orde
 file (a stable sort): deterministic, and it matches the reference numbers (most-popular
 HR@10 0.109 on ml-100k), whereas breaking ties by item id holds out systematically
 higher, less popular ids (0.064) and makes every model look worse.
+
+The maps from dense index back to raw id are kept (Dataset.user_ids / item_ids) and
+published beside meta.json (dataset/ids/), so the served model takes raw ids.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ class Dataset:
     train_counts: np.ndarray  # int64 [num_users]: training positives per user
     train_items: np.ndarray  # id_dtype(num_items) [num_train], grouped by user, oldest first
     holdout: np.ndarray  # id_dtype(num_items) [num_users]: each user's latest item
+    # Dense index -> raw id (MovieLens' own user / movie numbers; the synthetic recipe's
+    # numbers), int64, increasing. None: the identity (datasets built without them).
+    user_ids: np.ndarray | None = None
+    item_ids: np.ndarray | None = None
 
     @property
     def num_train(self) -> int:
@@ -44,6 +51,14 @@ class Dataset:
         """User u's training items are train_items[indptr[u]:indptr[u + 1]]."""
         return np.concatenate([[0], np.cumsum(self.train_counts)])
 
+    @property
+    def raw_user_ids(self) -> np.ndarray:
+        return np.arange(self.num_users, dtype=np.int64) if self.user_ids is None else self.user_ids
+
+    @property
+    def raw_item_ids(self) -> np.ndarray:
+        return np.arange(self.num_items, dtype=np.int64) if self.item_ids is None else self.item_ids
+
     def meta(self, run_id: str) -> DatasetMeta:
         return DatasetMeta(run_id=run_id, dataset=self.name, fingerprint=self.fingerprint,
                            num_users=self.num_users, num_items=self.num_items,
@@ -52,8 +67,9 @@ class Dataset:
 
 def split(name: str, raw: RawRatings) -> Dataset:
     keep = _active_users(raw.user)
-    user, num_users = _dense_ids(raw.user[keep])
-    item, num_items = _dense_ids(raw.item[keep])
+    user, user_ids = _dense_ids(raw.user[keep])
+    item, item_ids = _dense_ids(raw.item[keep])
+    num_users, num_items = len(user_ids), len(item_ids)
     if num_users == 0 or num_items < 2:
         raise InvalidInput(f"{name}: {num_users} users with at least {MIN_RATINGS} ratings and "
                            f"{num_items} items among them; expected at least 1 user and 2 items")
@@ -65,28 +81,29 @@ def split(name: str, raw: RawRatings) -> Dataset:
     ids = id_dtype(num_items)
     return Dataset(name=name, fingerprint=raw.fingerprint, num_users=num_users, num_items=num_items,
                    num_ratings=len(raw), train_counts=counts - 1, train_items=item[train].astype(ids),
-                   holdout=item[last].astype(ids))
+                   holdout=item[last].astype(ids), user_ids=user_ids, item_ids=item_ids)
 
 
 def _active_users(user: np.ndarray) -> np.ndarray:
-    ids, num = _dense_ids(user)
-    return np.bincount(ids, minlength=num)[ids] >= MIN_RATINGS
+    ids, values = _dense_ids(user)
+    return np.bincount(ids, minlength=len(values))[ids] >= MIN_RATINGS
 
 
-def _dense_ids(ids: np.ndarray) -> tuple[np.ndarray, int]:
-    """Maps ids to 0..n-1 in the order of their values; returns the new ids and n."""
+def _dense_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Maps ids to 0..n-1 in the order of their values; returns the new ids and the n
+    distinct values, increasing (new id k stands for values[k]; int64)."""
     if len(ids) and 0 <= ids.min() and ids.max() < 4 * len(ids) + (1 << 20):
         # Ids are small (MovieLens numbers them 1..n): a lookup table, no sort.
         present = np.zeros(int(ids.max()) + 1, bool)
         present[ids] = True
         new_id = np.cumsum(present) - 1
-        return new_id[ids], int(present.sum())
+        return new_id[ids], np.flatnonzero(present).astype(np.int64)
     order = _argsort(ids - ids.min())
     ordered = ids[order]
     first = np.concatenate([[True], ordered[1:] != ordered[:-1]])
     new_id = np.empty(len(ids), np.int64)
     new_id[order] = np.cumsum(first) - 1
-    return new_id, int(first.sum())
+    return new_id, ordered[first].astype(np.int64)
 
 
 def _argsort(values: np.ndarray) -> np.ndarray:

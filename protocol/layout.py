@@ -27,6 +27,15 @@ class RunDir:
         return join(self.dataset, "meta.json")
 
     @property
+    def ids_dir(self) -> str:
+        """dataset/ids/: raw id maps and training items per user (messages.IdMaps)."""
+        return join(self.dataset, "ids")
+
+    @property
+    def ids(self) -> str:
+        return join(self.ids_dir, "ids.json")
+
+    @property
     def eval_dir(self) -> str:
         return join(self.dataset, "eval")
 

@@ -41,6 +41,9 @@ class Message:
     """Base of all records: strict JSON round trip plus per-class bounds."""
 
     source_name: ClassVar[str] = "message"
+    # Fields added later with a default: documents written before them still read (every
+    # other field is required).
+    optional_fields: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self._check_bounds(self.source_name)
@@ -74,7 +77,11 @@ class Message:
         if unknown:
             raise MessageError(source, prefix + unknown[0], f"only known fields ({', '.join(names)})")
         values = {}
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name in cls.optional_fields}
         for name in names:
+            if name not in data and name in defaults:
+                values[name] = defaults[name]
+                continue
             if name not in data:
                 raise MessageError(source, prefix + name, "a value (the field is required)")
             values[name] = _convert(data[name], hints[name], source, prefix + name)
@@ -312,6 +319,10 @@ class EpochMetrics(Message):
     train_s: float = at_least(0.0)
     eval_s: float = at_least(0.0)
     time: float  # wall clock when the epoch finished
+    # Seconds the loop waited for the previous checkpoint's upload before this epoch's
+    # checkpoint could start (0 when uploads keep up); added later, so optional.
+    checkpoint_wait_s: float = at_least(0.0, default=0.0)
+    optional_fields: ClassVar[tuple[str, ...]] = ("checkpoint_wait_s",)
 
     def to_line(self) -> bytes:
         return (json.dumps(self.to_dict(), sort_keys=True) + "\n").encode()
@@ -334,7 +345,44 @@ class Result(Message):
     reached_target: bool = False
     wall_s: float = at_least(0.0, default=0.0)
     protocol: int = PROTOCOL_VERSION
+    # The model in model/: which epoch's weights (--export best|last), and their HR@10 / NDCG@10.
+    exported: Literal["best", "last"] | None = None
+    exported_epoch: int | None = None
+    exported_hr_at_10: float = at_least(0.0, default=0.0)
+    exported_ndcg_at_10: float = at_least(0.0, default=0.0)
+    exported_reason: str | None = None  # why, when it is not what --export asked for
 
     def validate(self, source: str) -> None:
         _check_protocol(self.protocol, source)
         _check_run_id(self.run_id, source)
+
+
+@dataclass(frozen=True)
+class IdMaps(Message):
+    """dataset/ids/ids.json: the raw ids behind the dense ones, and the training items per user.
+
+    Published once by the generator, create-only, before dataset/meta.json (so a reader
+    that sees meta.json finds it). Three parts beside it, each listed with size and CRC32C:
+    `users` (columns raw_id int64 [num_users]: dense user u is raw user raw_id[u];
+    train_count int64 [num_users]), `items` (column raw_id int64 [num_items]) and `train`
+    (column train_item [num_train]: user u's training items are
+    train_item[indptr[u]:indptr[u + 1]], indptr the cumulative train_count). The trainer
+    builds the served model's id lookups and its "already rated" exclusions from them.
+    """
+
+    source_name: ClassVar[str] = "ids.json"
+    run_id: str
+    num_users: int = at_least(1)
+    num_items: int = at_least(1)
+    num_train: int = at_least(0)
+    users: PartInfo
+    items: PartInfo
+    train: PartInfo
+    protocol: int = PROTOCOL_VERSION
+
+    def validate(self, source: str) -> None:
+        _check_protocol(self.protocol, source)
+        _check_run_id(self.run_id, source)
+        for name, count in (("users", self.num_users), ("items", self.num_items), ("train", self.num_train)):
+            if getattr(self, name).num_examples != count:
+                raise MessageError(source, f"{name}.num_examples", f"{count}", getattr(self, name).num_examples)

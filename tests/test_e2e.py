@@ -76,8 +76,9 @@ def test_trainer_killed_mid_epoch_resumes_from_its_checkpoint(run_url, tmp_path,
 def test_generator_dies_and_trainer_exits_3_after_peer_timeout(run_url, tmp_path, cli_env):
     train = trainer(run_url, tmp_path, cli_env, "--buffer-epochs", "1", epochs=20)
     gen = generator(run_url, tmp_path, cli_env)
-    wait_until(lambda: status(run_url, "generator") and status(run_url, "generator").state == "generating",
-               120, "the generator generating")
+    # Heartbeats carry the latest state (a short "generating" may never be written): wait
+    # until the generator has made an epoch, then kill it.
+    wait_until(lambda: (s := status(run_url, "generator")) and s.epochs_done >= 1, 120, "the generator's first epoch")
     gen.kill()
     killed_at = time.monotonic()
     assert train.wait(120) == 3, train.log[-3000:]

@@ -56,9 +56,10 @@ def test_restart_after_kill_9_mid_epoch_gives_the_same_bytes(run_url, cli_env, m
     publish_command(run_url, command)
     run = RunDir(run_url)
 
-    def mid_epoch() -> bool:  # epoch 1 has parts but no ready.json yet
+    def mid_epoch() -> bool:  # epoch 0 is ready; epoch 1 has parts but no ready.json yet
+        # (epoch 1 is sampled while epoch 0's parts upload, so check epoch 0 after epoch 1)
         names = storage.listdir(run.epoch_dir(1))
-        return len(names) > 3 and "ready.json" not in names
+        return len(names) > 3 and "ready.json" not in names and storage.exists(run.ready(run.epoch_dir(0)))
 
     process = start_generator(run_url, cli_env, "--part-examples", "2000", "--workers", "2")
     try:
@@ -141,8 +142,10 @@ def test_no_command_within_start_timeout_exits_3(run_url, cli_env):
 def test_failed_trainer_exits_3(run_url, cli_env, ml100k):
     publish_command(run_url, make_command("ml-100k", str(ml100k), epochs=20, buffer_epochs=1))
     write_status(run_url, "trainer", "failed", message="CUDA out of memory")
-    result = run_generator(run_url, cli_env)
+    started = time.monotonic()
+    result = run_generator(run_url, cli_env, "--peer-timeout", "3")
     assert result.returncode == 3
+    assert time.monotonic() - started > 3, "a failed trainer gets --peer-timeout to come back (Kubernetes restarts it)"
     assert "the trainer failed: CUDA out of memory" in last_line(result.stderr)
     assert read_status(run_url).state == "failed"
 

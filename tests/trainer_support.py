@@ -6,20 +6,16 @@ the generator would, so the trainer suite does not depend on the generator's pro
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 
-from protocol import Command, DatasetMeta, DatasetSpec, Ready, RunDir, Status, parts, storage
+import builders
+from protocol import Command, DatasetMeta, Ready, RunDir, parts, storage
 from protocol.cli import run
 
-RUN_ID = "synthetic-small-20250101-000000-abcd"
-
-
-def command(epochs=3, batch=256, num_neg=4, eval_negatives=99, eval_mode="mlperf", seed=0, dataset="synthetic-small",
-            ratings=None, run_id=RUN_ID) -> Command:
-    return Command(run_id=run_id, dataset=DatasetSpec(name=dataset, ratings=ratings), epochs=epochs, num_neg=num_neg,
-                   train_batch_size=batch, eval_negatives=eval_negatives, eval_mode=eval_mode, seed=seed)
+def command(epochs=3, batch=256, eval_negatives=99, **settings) -> Command:
+    """The trainer tests' usual command: synthetic-small, batch 256, 99 eval negatives."""
+    return builders.command(epochs=epochs, train_batch_size=batch, eval_negatives=eval_negatives, **settings)
 
 
 def trainer_args(url: str, cmd: Command, *extra: str) -> list[str]:
@@ -49,11 +45,6 @@ def publish_epoch(run: RunDir, run_id: str, epoch: int, user, item, label, num_p
     ready = Ready(run_id=run_id, kind="train", epoch=epoch, num_examples=len(label), parts=infos)
     storage.publish_once(RunDir.ready(folder), ready)
     return ready
-
-
-def generator_status(run: RunDir, run_id: str, state="done", epochs_done=0, message=None) -> None:
-    storage.overwrite(run.status("generator"), Status(side="generator", state=state, run_id=run_id, epoch=None,
-                                                      epochs_done=epochs_done, time=time.time(), message=message))
 
 
 def write_run(url: str, cmd: Command, num_users=60, num_items=120, positives_per_user=12, epochs=None,
@@ -93,7 +84,7 @@ def write_run(url: str, cmd: Command, num_users=60, num_items=120, positives_per
         order = epoch_rng.permutation(len(label))
         publish_epoch(run, cmd.run_id, epoch, user[order], item[order], label[order])
     if generator_state:
-        generator_status(run, cmd.run_id, generator_state)
+        builders.write_status(url, "generator", generator_state, run_id=cmd.run_id)
     return run
 
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from protocol import PeerError
+from protocol import MessageError, PeerError, RunDir, Status, storage
 
 from .config import Config
 
@@ -31,13 +31,32 @@ def spawn_generator(config: Config) -> subprocess.Popen:
         argv += ["--workers", str(config.generator_workers)]
     log.info("starting the generator: %s", " ".join(argv))
     # stdout/stderr inherited: the child's log lines go to the same stderr.
-    return subprocess.Popen(argv, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    child = subprocess.Popen(argv, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    child.status_url = RunDir(config.data_dir).status("generator")  # where its own last words are
+    return child
 
 
 def check_alive(child: subprocess.Popen | None) -> None:
-    """Raises PeerError once a spawned generator has exited with an error."""
+    """Raises PeerError once a spawned generator has exited with an error; the message ends
+    with the generator's own (its status/generator.json, when that is this child's)."""
     if child is not None and child.poll() is not None and child.returncode != 0:
-        raise PeerError(f"the generator (child process) exited with code {child.returncode}")
+        why = _last_words(child)
+        raise PeerError(f"the generator (child process) exited with code {child.returncode}"
+                        + (f": {why}" if why else ""))
+
+
+def _last_words(child: subprocess.Popen) -> str | None:
+    """The failure message the child left in its heartbeat, if the heartbeat is its (same pid)."""
+    url = getattr(child, "status_url", None)
+    if url is None:
+        return None
+    try:
+        status = storage.read_message(url, Status)
+    except (OSError, MessageError):
+        return None
+    if status.pid != child.pid or status.state != "failed" or not status.message:
+        return None
+    return status.message
 
 
 def stop_child(child: subprocess.Popen | None, grace: float = 30.0) -> None:

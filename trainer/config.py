@@ -58,12 +58,16 @@ class Config:
     buffer_epochs: int = _command_default("buffer_epochs")
     mixed_precision: bool = False
     xla: bool = False
+    export: str = "best"  # which epoch's weights go to model/: the best HR@10 or the last (trainer/train.py)
     spawn_generator: bool = False
     generator_workers: int | None = None
     start_timeout: float = START_TIMEOUT_S
     peer_timeout: float = PEER_TIMEOUT_S
     heartbeat_interval: float = HEARTBEAT_INTERVAL_S
     steps_per_execution: int = 16  # batches per tf.data element and per compiled call (less overhead per step)
+    read_concurrency: int = 16  # part reads in flight (one GCS connection moves 60-200 MB/s)
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always checkpoints)
+    checkpoint_every_minutes: float | None = None  # or: at most this often, by the clock
 
     def model_config(self) -> dict:
         """What a checkpoint must have been trained with to be resumed by these flags."""
@@ -100,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer-epochs", type=int, default=defaults.buffer_epochs)
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on TPU")
     p.add_argument("--xla", action="store_true", help="compile train and eval steps with XLA")
+    p.add_argument("--export", choices=("best", "last"), default=defaults.export,
+                   help="export the best epoch's weights (highest HR@10, the default) or the last epoch's")
     p.add_argument("--spawn-generator", action="store_true", help="run the generator as a child process")
     p.add_argument("--generator-workers", type=int)
     p.add_argument("--start-timeout", type=float, default=defaults.start_timeout)
@@ -107,6 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)
     p.add_argument("--steps-per-execution", type=int, default=defaults.steps_per_execution,
                    help="batches per input element and per compiled train call")
+    p.add_argument("--read-concurrency", type=int, default=defaults.read_concurrency,
+                   help="epoch part reads in flight (default %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
+                   help="checkpoint every N epochs (default %(default)s; the last epoch always checkpoints, and "
+                        "so does an epoch after which the generator's buffer would be full of epochs no "
+                        "checkpoint covers yet)")
+    p.add_argument("--checkpoint-every-minutes", type=float, default=None,
+                   help="checkpoint when this many minutes passed since the last one (instead of "
+                        "--checkpoint-every)")
     return p
 
 
@@ -129,9 +144,12 @@ def parse_args(argv: list[str]) -> Config:
 
 def _check(config: Config) -> None:
     for name in ("epochs", "batch_size", "eval_batch_size", "num_neg", "eval_negatives", "mf_dim",
-                 "buffer_epochs", "steps_per_execution"):
+                 "buffer_epochs", "steps_per_execution", "read_concurrency", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise InvalidInput(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(config, name)}")
+    if config.checkpoint_every_minutes is not None and config.checkpoint_every_minutes <= 0:
+        raise InvalidInput(f"--checkpoint-every-minutes: expected a positive number, got "
+                           f"{config.checkpoint_every_minutes}")
     layers = config.layers
     if config.learning_rate <= 0 or config.l2 < 0 or any(w < 1 for w in layers) or layers[0] % 2:
         raise InvalidInput(f"expected a positive learning rate and positive layer widths starting with an even one, "

@@ -4,14 +4,28 @@
 
 Order of work per epoch (DESIGN.md "Flow" and "Restarts"): wait for epochs/<k>/ready.json
 (the next epoch is read in the background while this one trains), train, evaluate
-HR@10 / NDCG@10, then checkpoint, then metrics.jsonl, then status/trainer.json, and only
-then delete epochs/<k>/ (freeing a buffer slot for the generator). A restart resumes from
-the checkpoint: it never trains an epoch twice into the result and never skips one.
+HR@10 / NDCG@10, then metrics.jsonl, TensorBoard and status/trainer.json (queued on one
+background writer, in this order), then the checkpoint (snapshot to host memory here,
+uploaded in the background), and only once a checkpoint covering epoch k has landed is
+epochs/<k>/ deleted (freeing a buffer slot for the generator; queued on the same writer).
+Nothing in the loop waits for a bucket write, except a checkpoint that finds the previous
+one still uploading (metrics.jsonl's checkpoint_wait_s). A restart resumes from the
+checkpoint: it never trains an epoch twice into the result and never skips one.
 Configuration: trainer/config.py; the model and its compiled epoch: trainer/model.py.
+
+The exported model (trainer/export.py) is the best epoch's (highest HR@10, the first on a
+tie) with `--export best` (the default), the last one's with `--export last`. The best
+weights are copied to host memory whenever HR@10 improves, so the bucket is never read
+back for them. A restarted trainer knows its best epoch so far from the checkpoint's
+history and takes its weights from the restored checkpoint, or from that epoch's own
+checkpoint while it is still kept (the last KEEP = 2, trainer/checkpoint.py); otherwise
+the best is chosen among the epochs trained after the restart, and if none is trained the
+last epoch is exported, which the log and result.json (`exported_reason`) say.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -21,12 +35,13 @@ import numpy as np
 
 from protocol import (AlreadyPublished, Command, DatasetMeta, EpochMetrics, InvalidInput, PeerError, Result, RunDir,
                       storage)
+from protocol.background import BackgroundWriter
 from protocol.cli import duration
 from protocol.messages import describe_differences
 from protocol.peer import Heartbeat, PeerWatch
 from protocol.runfiles import epoch_numbers, write_metrics
 
-from . import checkpoint, data, evaluation
+from . import checkpoint, data, evaluation, export, tensorboard
 from .child import check_alive, spawn_generator, stop_child
 from .config import Config, parse_args
 
@@ -37,6 +52,7 @@ def main(argv: list[str]) -> None:
     config = parse_args(argv)
     run = RunDir(config.data_dir)
     storage.ensure_writable(run.url)
+    storage.set_poll_patience(config.peer_timeout)  # polls treat bucket errors as no news this long
     command = publish_or_resume(run, config)
     child = spawn_generator(config) if config.spawn_generator else None
     try:
@@ -118,32 +134,43 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
     progress = resume(run, saved)
     heartbeat.update(epochs_done=progress.epochs_done)
     waits = Waits(run, command, config, heartbeat, child)
-    meta, eval_data = load_dataset(run, command, waits)
-    model, score, train_epoch, on_tpu = build_model(config, command, meta, saved)
-
-    loader = data.Prefetcher(run, command.run_id, waits.check)
+    loader = data.Prefetcher(run, command.run_id, waits.check, config.read_concurrency)
     try:
-        loop_started, first_epoch = time.monotonic(), progress.epochs_done
-        for epoch in range(progress.epochs_done, command.epochs):
-            if progress.finished:
-                break
-            examples, waited = data_for(epoch, run, command, loader, heartbeat)
-            heartbeat.update(state="training", epoch=epoch, message=None)
-            began = time.monotonic()
-            loss = train_epoch(data.blocks(examples.user, examples.item, examples.label, config.batch_size,
-                                           config.steps_per_execution, cast_ids=on_tpu))
-            train_s, began = time.monotonic() - began, time.monotonic()
-            hr, ndcg = evaluation.evaluate(score, *eval_data, config.eval_batch_size)
-            record = EpochMetrics(epoch=epoch, hr_at_10=hr, ndcg_at_10=ndcg, loss=loss,
-                                  examples_per_s=examples.num_examples / train_s, data_wait_s=waited,
-                                  train_s=train_s, eval_s=time.monotonic() - began, time=time.time())
-            eta = (time.monotonic() - loop_started) / (epoch + 1 - first_epoch) * (command.epochs - epoch - 1)
-            log_epoch(record, command.epochs, examples.num_examples, eta)
-            end_epoch(run, command, config, model, progress, record, heartbeat)
-            del examples
+        if not progress.finished and progress.epochs_done < command.epochs:
+            loader.start(progress.epochs_done)  # read while the eval data loads and the model builds
+        meta, eval_data = load_dataset(run, command, waits)
+        model, score, train_epoch, on_tpu = build_model(config, command, meta, saved)
+        exported = export.Exported(config.export)
+        exported.restore(run, progress.history, saved, model)
+        with BackgroundWriter("trainer-writes") as writes:
+            checkpoints = checkpoint.Checkpointer(run, on_landed=consumed(run, writes, heartbeat, progress.epochs_done))
+            checkpoints.last_epochs_done, checkpoints.last_time = progress.epochs_done, time.monotonic()
+            try:
+                loop_started, first_epoch = time.monotonic(), progress.epochs_done
+                for epoch in range(progress.epochs_done, command.epochs):
+                    if progress.finished:
+                        break
+                    examples, waited = data_for(epoch, run, command, loader, heartbeat, writes)
+                    writes.submit(heartbeat.update, state="training", epoch=epoch, message=None, what="status")
+                    began = time.monotonic()
+                    loss = train_epoch(data.blocks(examples.user, examples.item, examples.label, config.batch_size,
+                                                   config.steps_per_execution, cast_ids=on_tpu))
+                    train_s, began = time.monotonic() - began, time.monotonic()
+                    hr, ndcg = evaluation.evaluate(score, *eval_data, config.eval_batch_size)
+                    record = EpochMetrics(epoch=epoch, hr_at_10=hr, ndcg_at_10=ndcg, loss=loss,
+                                          examples_per_s=examples.num_examples / train_s, data_wait_s=waited,
+                                          train_s=train_s, eval_s=time.monotonic() - began, time=time.time())
+                    eta = (time.monotonic() - loop_started) / (epoch + 1 - first_epoch) * (command.epochs - epoch - 1)
+                    log_epoch(record, command.epochs, examples.num_examples, eta)
+                    end_epoch(run, command, config, model, progress, record, heartbeat, writes, checkpoints)
+                    exported.note(record, model)
+                    del examples
+                checkpoints.close()  # the last checkpoint has landed (or its error is raised here)
+            finally:
+                checkpoints.close(raise_errors=False)
     finally:
         loader.close()
-    finish(run, config, command, model, progress, heartbeat)
+    finish(run, config, command, model, progress, heartbeat, meta, exported)
 
 
 def resume(run: RunDir, saved: checkpoint.Saved | None) -> Progress:
@@ -210,10 +237,11 @@ def build_model(config: Config, command: Command, meta: DatasetMeta, saved: chec
 
 
 def data_for(epoch: int, run: RunDir, command: Command, loader: data.Prefetcher,
-             heartbeat: Heartbeat) -> tuple[data.Epoch, float]:
+             heartbeat: Heartbeat, writes: BackgroundWriter) -> tuple[data.Epoch, float]:
     """Epoch `epoch`'s examples and the seconds waited for them; starts reading the next one."""
-    if not loader.ready(epoch) and not storage.exists(run.ready(run.epoch_dir(epoch))):
-        heartbeat.update(state="waiting", epoch=epoch, message=f"waiting for epoch {epoch}")
+    if not loader.ready(epoch):
+        writes.submit(heartbeat.update, state="waiting", epoch=epoch, message=f"waiting for epoch {epoch}",
+                      what="status")
     examples, waited = loader.get(epoch)
     if epoch + 1 < command.epochs:
         loader.start(epoch + 1)  # read the next epoch while this one trains
@@ -228,25 +256,62 @@ def log_epoch(record: EpochMetrics, epochs: int, examples: int, eta: float) -> N
 
 
 def end_epoch(run: RunDir, command: Command, config: Config, model, progress: Progress, record: EpochMetrics,
-              heartbeat: Heartbeat) -> None:
-    """Checkpoint, metrics, status, delete: in this order (see the module docstring)."""
-    progress.history.append(record)
-    progress.epochs_done = record.epoch + 1
+              heartbeat: Heartbeat, writes: BackgroundWriter, checkpoints: checkpoint.Checkpointer) -> None:
+    """Metrics, TensorBoard, status (queued, in this order), then the checkpoint (see the module docstring)."""
+    epochs_done = record.epoch + 1
     reached = config.target_hr is not None and record.hr_at_10 >= config.target_hr
-    progress.finished = progress.epochs_done == command.epochs or reached
-    if reached and progress.epochs_done < command.epochs:
+    finished = epochs_done == command.epochs or reached
+    if reached and epochs_done < command.epochs:
         log.info("HR@10 %.4f reached the target %.4f after epoch %d: stopping", record.hr_at_10, config.target_hr,
                  record.epoch)
-    checkpoint.save(run, model, checkpoint.State(command.run_id, progress.epochs_done, progress.finished,
-                                                 progress.started, config.model_config(), progress.history))
-    write_metrics(run.metrics, progress.history)
-    heartbeat.update(epochs_done=progress.epochs_done, examples_per_s=record.examples_per_s, flush=True)
-    storage.delete(run.epoch_dir(record.epoch))
+    due = checkpoint_due(config, command, checkpoints, epochs_done, finished)
+    if due:
+        waited = checkpoints.wait()  # at most one checkpoint in flight
+        if waited >= 0.01:
+            log.warning("epoch %d: waited %.2f s for the previous checkpoint's upload (checkpoint_wait_s)",
+                        record.epoch, waited)
+        record = dataclasses.replace(record, checkpoint_wait_s=waited)
+    progress.history.append(record)
+    progress.epochs_done, progress.finished = epochs_done, finished
+    history = list(progress.history)
+    writes.submit(write_metrics, run.metrics, history, what="metrics.jsonl")
+    writes.submit(tensorboard.write, run, history, progress.started, what="tensorboard")
+    writes.submit(heartbeat.update, examples_per_s=record.examples_per_s, flush=True, what="status")
+    if due:
+        checkpoints.start(model, checkpoint.State(command.run_id, epochs_done, finished, progress.started,
+                                                  config.model_config(), history))
+        checkpoints.last_epochs_done, checkpoints.last_time = epochs_done, time.monotonic()
 
 
-def finish(run: RunDir, config: Config, command: Command, model, progress: Progress, heartbeat: Heartbeat) -> None:
+def checkpoint_due(config: Config, command: Command, checkpoints: checkpoint.Checkpointer, epochs_done: int,
+                   finished: bool) -> bool:
+    """The last epoch, --checkpoint-every epochs or minutes, or else the generator's buffer
+    would fill with epochs that no checkpoint covers (they may be deleted only once one does)."""
+    since = epochs_done - checkpoints.last_epochs_done
+    if finished or since >= max(1, command.buffer_epochs - 1):
+        return True
+    if config.checkpoint_every_minutes is not None:
+        return time.monotonic() - checkpoints.last_time >= 60 * config.checkpoint_every_minutes
+    return since >= config.checkpoint_every
+
+
+def consumed(run: RunDir, writes: BackgroundWriter, heartbeat: Heartbeat, covered: int):
+    """Checkpointer.on_landed: the epochs a landed checkpoint covers are consumed. The status
+    says so (the generator counts its buffer, and resumes, by it), then their folders go."""
+    def landed(epochs_done: int) -> None:
+        nonlocal covered
+        writes.submit(heartbeat.update, epochs_done=epochs_done, flush=True, what="status")
+        for epoch in range(covered, epochs_done):
+            writes.submit(storage.delete, run.epoch_dir(epoch), what=f"delete epochs/{epoch:06d}")
+        covered = max(covered, epochs_done)
+    return landed
+
+
+def finish(run: RunDir, config: Config, command: Command, model, progress: Progress, heartbeat: Heartbeat,
+           meta: DatasetMeta, exported: export.Exported) -> None:
     """The exported model, the report, then result.json (the run's completion marker), then done."""
-    checkpoint.export(run, model)
+    chosen, exported_record, exported_reason = exported.choose(model, progress.history)
+    export.export(run, model, export.read_ids(run, command.run_id, meta))
     try:
         from .report import write_report
 
@@ -262,12 +327,16 @@ def finish(run: RunDir, config: Config, command: Command, model, progress: Progr
         best_ndcg_at_10=best.ndcg_at_10 if best else 0.0, last_hr_at_10=last.hr_at_10 if last else 0.0,
         last_ndcg_at_10=last.ndcg_at_10 if last else 0.0, target_hr=config.target_hr,
         reached_target=config.target_hr is not None and best is not None and best.hr_at_10 >= config.target_hr,
-        wall_s=max(0.0, time.time() - progress.started),
+        wall_s=max(0.0, time.time() - progress.started), exported=chosen,
+        exported_epoch=exported_record.epoch if exported_record else None,
+        exported_hr_at_10=exported_record.hr_at_10 if exported_record else 0.0,
+        exported_ndcg_at_10=exported_record.ndcg_at_10 if exported_record else 0.0, exported_reason=exported_reason,
     )
     try:
         storage.publish_once(run.result, result)
     except AlreadyPublished:
         log.warning("%s was already published; leaving it", run.result)
-    log.info("done: %d epochs, best HR@10 %.4f (epoch %s), last HR@10 %.4f", result.epochs_trained,
-             result.best_hr_at_10, result.best_epoch, result.last_hr_at_10)
+    log.info("done: %d epochs, best HR@10 %.4f (epoch %s), last HR@10 %.4f; exported epoch %s (%s, HR@10 %.4f)",
+             result.epochs_trained, result.best_hr_at_10, result.best_epoch, result.last_hr_at_10,
+             result.exported_epoch, result.exported, result.exported_hr_at_10)
     heartbeat.update(state="done", epoch=None, message="complete")
