@@ -249,6 +249,7 @@ def run_id_of(run: RunDir) -> str:
     return storage.read_message(run.command, Command).run_id
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["best", "last"])
 def test_exports_the_best_epoch_or_the_last(tmp_path, which, capsys):
     cmd, run, dataset = run_getting_worse(str(tmp_path / "run"), epochs=5)
@@ -279,6 +280,7 @@ def test_exports_the_best_epoch_or_the_last(tmp_path, which, capsys):
     assert exported_hr(run, dataset)[0] == pytest.approx(records[-1].hr_at_10, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_a_restart_takes_the_best_weights_from_a_kept_checkpoint(tmp_path):
     """Best epoch 2 of 4, restart after the end: its checkpoint (ckpt-000003) is still kept,
     though it is not the latest (KEEP = 2)."""
@@ -297,6 +299,7 @@ def test_a_restart_takes_the_best_weights_from_a_kept_checkpoint(tmp_path):
 
 
 # ------------------------------------------------------------------ the generator's side
+@pytest.mark.slow
 def test_id_maps_are_published_and_cached(tmp_path, ml100k, caplog):
     from generator import cache
     from generator.datasets import prepare
@@ -350,6 +353,7 @@ def test_synthetic_id_maps_are_the_recipes_ids():
     assert dataset.user_ids.tolist() == [1, 2, 3] and dataset.item_ids.tolist() == list(range(1, 21))
 
 
+@pytest.mark.slow
 def test_a_failed_child_generator_is_named_with_its_own_message(tmp_path):
     from trainer.child import check_alive
 

@@ -90,6 +90,7 @@ def test_synthetic_small_has_a_fixed_shape_and_is_deterministic():
     assert 80_000 < dataset.num_ratings < 120_000
 
 
+@pytest.mark.slow
 def test_synthetic_20m_matches_ml20m_shape():
     dataset = split("synthetic-20m", generate(RECIPES["synthetic-20m"]))
     assert (dataset.num_users, dataset.num_items) == (138_493, 26_744)

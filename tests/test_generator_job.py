@@ -23,6 +23,9 @@ from jobs import ready_epochs, wait_until
 from generator import __main__ as generator_cli
 from protocol import Ready, RunDir, parts, storage
 
+# The generator's CLI as a process, seconds per test: the fast loop has the generator's units.
+pytestmark = pytest.mark.slow
+
 
 def test_blocks_at_buffer_epochs_until_the_trainer_consumes_one(run_url, cli_env):
     publish_command(run_url, make_command("synthetic-small", epochs=4, buffer_epochs=2))

@@ -8,6 +8,7 @@ from protocol import PeerError, RunDir, Status, storage
 from protocol.peer import Heartbeat, PeerWatch
 
 
+@pytest.mark.slow
 def test_heartbeat_is_written_on_state_change_and_records_failure(run_url):
     run = RunDir(run_url)
     with pytest.raises(ValueError):
@@ -113,6 +114,7 @@ def test_live_and_done_peers_pass(run_url):
     assert watch.check().state == "done", "a finished peer is not silent"
 
 
+@pytest.mark.slow
 def test_heartbeat_writes_are_spaced_for_gcs_rate_limits(run_url):
     run = RunDir(run_url)
     times = []

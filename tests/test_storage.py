@@ -49,6 +49,7 @@ RACER = """
 """
 
 
+@pytest.mark.slow
 def test_two_processes_racing_to_publish_exactly_one_wins(run_url):
     storage.ensure_writable(run_url)
     start = time.time() + 3  # both processes have imported everything by then

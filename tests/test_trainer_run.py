@@ -21,6 +21,9 @@ from trainer_support import command, publish_epoch, trainer_args, write_run
 from builders import REPO
 
 
+# The trainer's CLI end to end, seconds per test: the fast loop has test_trainer_units.
+pytestmark = pytest.mark.slow
+
 
 def epoch_folder_names(run: RunDir) -> list[str]:
     return storage.listdir(run.epochs_dir)

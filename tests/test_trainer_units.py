@@ -117,7 +117,7 @@ def test_blocks_keep_every_batch_in_order():
         np.testing.assert_array_equal(np.concatenate([b[part].T.ravel() for b in blocks]), column)
 
 
-@pytest.mark.parametrize("xla", [False, True])
+@pytest.mark.parametrize("xla", [False, pytest.param(True, marks=pytest.mark.slow)])  # XLA compiles for seconds
 def test_epoch_trainer_equals_keras_fit(xla):
     """Training on blocks gives the very weights and loss of Keras' fit on one batch per step."""
     import keras
@@ -247,6 +247,7 @@ def test_command_publish_resume_mismatch(run_url):
     assert storage.read_bytes(run.command) == original
 
 
+@pytest.mark.slow  # the whole trainer CLI in process
 def test_command_mismatch_exits_2_via_cli(tmp_path, capsys):
     from trainer_support import run_cli
 
