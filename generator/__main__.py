@@ -10,7 +10,7 @@ import sys
 from protocol import cli
 from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S
 
-from .job import Options, run
+from .job import Options, generate
 from .sampling import DEFAULT_PART_EXAMPLES, DEFAULT_UPLOAD_CONCURRENCY
 
 # cgroup v2: "<quota> <period>" in microseconds, or "max <period>". A pod's limits.cpu shows
@@ -75,7 +75,7 @@ def _positive(kind):
 
 def main(argv: list[str] | None = None) -> None:
     options = parse_args(sys.argv[1:] if argv is None else argv)
-    cli.run("generator", lambda: run(options))
+    cli.run("generator", lambda: generate(options))
 
 
 if __name__ == "__main__":

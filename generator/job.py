@@ -48,45 +48,45 @@ def default_cache_dir(data_dir: str) -> str:
     return storage.sibling(data_dir, "ncf-cache")
 
 
-def run(options: Options) -> None:
-    run_dir = RunDir(options.data_dir)
-    storage.ensure_writable(run_dir.url)
+def generate(options: Options) -> None:
+    run = RunDir(options.data_dir)
+    storage.ensure_writable(run.url)
     storage.set_poll_patience(options.peer_timeout)
-    with Heartbeat(run_dir, "generator", options.heartbeat_interval) as beat:
-        trainer = PeerWatch(run_dir, "trainer", options.start_timeout, options.peer_timeout)
+    with Heartbeat(run, "generator", options.heartbeat_interval) as beat:
+        trainer = PeerWatch(run, "trainer", options.start_timeout, options.peer_timeout)
         beat.update(state="waiting", message="waiting for command.json from the trainer")
-        log.info("waiting for command.json from the trainer in %s", run_dir.url)
-        storage.wait_for(run_dir.command, options.start_timeout, "command.json from the trainer", check=trainer.check,
+        log.info("waiting for command.json from the trainer in %s", run.url)
+        storage.wait_for(run.command, options.start_timeout, "command.json from the trainer", check=trainer.check,
                          patience=options.peer_timeout)
-        command = storage.read_message(run_dir.command, Command)
+        command = storage.read_message(run.command, Command)
         log.info("run %s: %s, %d epochs, %d negatives per positive, eval %s with %d negatives, seed %d",
                  command.run_id, command.dataset.name, command.epochs, command.num_neg,
                  command.eval_mode, command.eval_negatives, command.seed)
         beat.update(run_id=command.run_id, state="preprocessing", message=f"preparing {command.dataset.name}")
-        dataset = prepare(command.dataset, options.cache_dir or default_cache_dir(run_dir.url))
+        dataset = prepare(command.dataset, options.cache_dir or default_cache_dir(run.url))
         meta = dataset.meta(command.run_id)
-        command.check_against(meta, source=run_dir.command)
-        evaldata.check_feasible(dataset, command, run_dir.command)
-        publish_ids(run_dir, dataset, command.run_id)  # before meta.json: whoever sees meta.json finds them
-        publish_meta(run_dir, meta)
-        write_eval(run_dir, dataset, command, beat)
-        Epochs(run_dir, command, dataset, options, beat, trainer).produce()
+        command.check_against(meta, source=run.command)
+        evaldata.check_feasible(dataset, command, run.command)
+        publish_ids(run, dataset, command.run_id)  # before meta.json: whoever sees meta.json finds them
+        publish_meta(run, meta)
+        write_eval(run, dataset, command, beat)
+        Epochs(run, command, dataset, options, beat, trainer).produce()
 
 
-def publish_meta(run_dir: RunDir, meta: DatasetMeta) -> None:
+def publish_meta(run: RunDir, meta: DatasetMeta) -> None:
     """Publishes dataset/meta.json, or checks that an earlier attempt published the same."""
     try:
-        storage.publish_once(run_dir.meta, meta)
+        storage.publish_once(run.meta, meta)
     except AlreadyPublished:
-        earlier = storage.read_message(run_dir.meta, DatasetMeta)
+        earlier = storage.read_message(run.meta, DatasetMeta)
         fields = differences(meta.to_dict(), earlier.to_dict())
         if fields:
-            raise InvalidInput(f"{run_dir.meta} was published by an earlier attempt with a different "
+            raise InvalidInput(f"{run.meta} was published by an earlier attempt with a different "
                                f"{', '.join(fields)}; this run directory belongs to another run") from None
         log.info("dataset/meta.json already published by an earlier attempt; it matches")
 
 
-def publish_ids(run_dir: RunDir, dataset: Dataset, run_id: str) -> IdMaps:
+def publish_ids(run: RunDir, dataset: Dataset, run_id: str) -> IdMaps:
     """Publishes dataset/ids/ (raw id maps, training items per user; protocol.messages.IdMaps)
     once, create-only; a later attempt checks that what is there lists the same bytes."""
     encoded = {"users": parts.encode({"raw_id": dataset.raw_user_ids.astype(np.int64),
@@ -97,30 +97,30 @@ def publish_ids(run_dir: RunDir, dataset: Dataset, run_id: str) -> IdMaps:
                      num_train=dataset.num_train,
                      **{name: PartInfo(name=name, num_examples=part.num_examples, size=len(part.data),
                                        crc32c=parts.checksum(part.data)) for name, part in encoded.items()})
-    if not storage.exists(run_dir.ids):  # else leave the listed parts alone: compare below
+    if not storage.exists(run.ids):  # else leave the listed parts alone: compare below
         for name, part in encoded.items():
-            parts.write_encoded(storage.join(run_dir.ids_dir, name), part)
+            parts.write_encoded(storage.join(run.ids_dir, name), part)
         try:
-            storage.publish_once(run_dir.ids, listing)
+            storage.publish_once(run.ids, listing)
             return listing
         except AlreadyPublished:
             pass
-    earlier = storage.read_message(run_dir.ids, IdMaps)
+    earlier = storage.read_message(run.ids, IdMaps)
     fields = differences(listing.to_dict(), earlier.to_dict())
     if fields:
-        raise InvalidInput(f"{run_dir.ids} was published by an earlier attempt with a different "
+        raise InvalidInput(f"{run.ids} was published by an earlier attempt with a different "
                            f"{', '.join(fields)}; this run directory belongs to another run")
     log.info("dataset/ids/ already published by an earlier attempt; it matches")
     return earlier
 
 
-def write_eval(run_dir: RunDir, dataset: Dataset, command: Command, beat: Heartbeat) -> None:
-    if is_published(RunDir.ready(run_dir.eval_dir), command.run_id):
+def write_eval(run: RunDir, dataset: Dataset, command: Command, beat: Heartbeat) -> None:
+    if is_published(RunDir.ready(run.eval_dir), command.run_id):
         log.info("the eval data was already published by an earlier attempt")
         return
     beat.update(message="writing the eval data")
     started = time.monotonic()
-    evaldata.write(run_dir, dataset, command)
+    evaldata.write(run, dataset, command)
     log.info("eval data: %s users x %d candidates (%s mode) in %.1f s", f"{dataset.num_users:,}",
              1 + command.eval_negatives, command.eval_mode, time.monotonic() - started)
 
@@ -136,9 +136,9 @@ def is_published(ready_url: str, run_id: str) -> bool:
 class Epochs:
     """Writes epochs 0..n-1, at most buffer_epochs ready and unconsumed at a time."""
 
-    def __init__(self, run_dir: RunDir, command: Command, dataset: Dataset, options: Options,
+    def __init__(self, run: RunDir, command: Command, dataset: Dataset, options: Options,
                  beat: Heartbeat, trainer: PeerWatch):
-        self.run_dir, self.command, self.dataset = run_dir, command, dataset
+        self.run, self.command, self.dataset = run, command, dataset
         self.options, self.beat, self.trainer = options, beat, trainer
 
     def produce(self) -> None:
@@ -163,7 +163,7 @@ class Epochs:
                     # Stopped early (--target-hr): nobody will read the epochs still ready.
                     for f in publishing:
                         f.result()
-                    storage.delete(self.run_dir.epochs_dir)
+                    storage.delete(self.run.epochs_dir)
                     return self.finish("the trainer is done")
                 if epoch < self.consumed():
                     continue  # a restarted trainer is past it: nobody will read it
@@ -180,8 +180,8 @@ class Epochs:
         Folders without a ready.json are leftovers of a killed attempt: deleted.
         """
         ready = []
-        for epoch in epoch_numbers(self.run_dir):
-            folder = self.run_dir.epoch_dir(epoch)
+        for epoch in epoch_numbers(self.run):
+            folder = self.run.epoch_dir(epoch)
             if is_published(RunDir.ready(folder), self.command.run_id):
                 ready.append(epoch)
             else:
@@ -226,23 +226,23 @@ class Epochs:
         a restarted trainer was catching up (it deletes what it consumed when it starts): it is
         deleted again, or it would hold a buffer slot that the trainer never frees."""
         consumed, count = self.consumed(), 0
-        for epoch, ready in epoch_folders(self.run_dir).items():
+        for epoch, ready in epoch_folders(self.run).items():
             if ready and epoch < consumed:
                 log.info("deleting epochs/%06d: the trainer consumed it already", epoch)
-                storage.delete(self.run_dir.epoch_dir(epoch))
+                storage.delete(self.run.epoch_dir(epoch))
             count += ready and epoch >= consumed
         return count
 
     def write(self, writer: EpochWriter, epoch: int) -> EpochUpload:
         """Samples one epoch and queues its parts' uploads (see publish)."""
         self.beat.update(state="generating", epoch=epoch, message=f"writing epoch {epoch}")
-        return writer.start(epoch, self.run_dir.epoch_dir(epoch))
+        return writer.start(epoch, self.run.epoch_dir(epoch))
 
     def publish(self, epoch: int, upload: EpochUpload, began: float, waited: float) -> None:
         """Once every part of the epoch has landed: its ready.json, then the heartbeat."""
         listing = upload.result()
         examples = sum(p.num_examples for p in listing)
-        storage.publish_once(RunDir.ready(self.run_dir.epoch_dir(epoch)),
+        storage.publish_once(RunDir.ready(self.run.epoch_dir(epoch)),
                              Ready(run_id=self.command.run_id, kind="train", epoch=epoch, num_examples=examples,
                                    parts=listing))
         seconds = time.monotonic() - began

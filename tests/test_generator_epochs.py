@@ -1,6 +1,6 @@
 """What the generator writes: the split, every epoch's examples, the eval data, determinism.
 
-The generator runs in this process (generator.job.run) against a local folder and the
+The generator runs in this process (generator.job.generate) against a local folder and the
 real fake-gcs-server; everything is read back through ready.json with checksums.
 """
 
@@ -15,7 +15,8 @@ from builders import publish_command
 from generator_support import make_command, part_bytes, read_columns, read_ready, read_status
 
 from generator import sampling
-from generator.job import Options, run
+from generator import job
+from generator.job import Options
 from generator.preprocess import Dataset
 from protocol import DatasetMeta, RunDir, parts, storage
 
@@ -24,7 +25,7 @@ ML100K = dict(users=943, items=1682, ratings=100_000, train=99_057)
 
 def generate(run_url: str, command, workers: int = 1, part_examples: int = 100_000, upload_concurrency: int = 16) -> None:
     publish_command(run_url, command)
-    run(Options(data_dir=run_url, workers=workers, heartbeat_interval=0.2, part_examples=part_examples,
+    job.generate(Options(data_dir=run_url, workers=workers, heartbeat_interval=0.2, part_examples=part_examples,
                 upload_concurrency=upload_concurrency))
 
 
