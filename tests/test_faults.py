@@ -167,7 +167,7 @@ def test_an_outage_longer_than_peer_timeout_stops_both_then_a_restart_finishes(t
     wait_until(lambda: (g := run.status("generator")) and g.state == "waiting" and g.epoch == 1
                and (t := run.status("trainer")) and t.state in ("training", "waiting"), 120,
                "the generator waiting for a free slot while the trainer trains epoch 0")
-    chaos.add(fail(503, window=(0, 45)))
+    outage = chaos.add(fail(503, window=(0, 45)))
     for job in (gen, train):
         code = job.wait(RUN_TIMEOUT)
         assert code == 3, f"{job.module} exited {code}:\n{job.log[-4000:]}"
@@ -176,6 +176,7 @@ def test_an_outage_longer_than_peer_timeout_stops_both_then_a_restart_finishes(t
     for side in ("generator", "trainer"):
         status = run.status(side)
         assert status.state == "failed" and "the bucket kept failing" in status.message, status
+    assert outage.fired >= 10, "both sides met the outage again and again"
     chaos.clear()
     both_finish(run.generator(), run.trainer())
     run.check()
@@ -186,12 +187,13 @@ def test_a_side_that_exits_1_mid_run_and_restarts_20_s_later_is_waited_for(tande
     chaos, run = tandem
     # A non-transient error (403) on epoch 1's parts: read by the trainer, written by the generator.
     method = "GET" if side == "trainer" else "POST"
-    chaos.add(fail(403, method=method, name="run/epochs/000001/part-*", times=1))
+    refused = chaos.add(fail(403, method=method, name="run/epochs/000001/part-*", times=1))
     timeout = ("--peer-timeout", "45")
     gen, train = run.generator(*timeout), run.trainer(*timeout)
     failing = train if side == "trainer" else gen
     code = failing.wait(RUN_TIMEOUT)
     assert code == 1, f"{side} exited {code}:\n{failing.log[-4000:]}"
+    assert refused.fired == 1
     assert run.status(side).state == "failed"
     time.sleep(20)  # Kubernetes' restart
     restarted = run.trainer(*timeout) if side == "trainer" else run.generator(*timeout)
