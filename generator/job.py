@@ -56,8 +56,7 @@ def generate(options: Options) -> None:
         trainer = PeerWatch(run, "trainer", options.start_timeout, options.peer_timeout)
         beat.update(state="waiting", message="waiting for command.json from the trainer")
         log.info("waiting for command.json from the trainer in %s", run.url)
-        storage.wait_for(run.command, options.start_timeout, "command.json from the trainer", check=trainer.check,
-                         patience=options.peer_timeout)
+        storage.wait_for(run.command, options.start_timeout, "command.json from the trainer", check=trainer.check)
         command = storage.read_message(run.command, Command)
         log.info("run %s: %s, %d epochs, %d negatives per positive, eval %s with %d negatives, seed %d",
                  command.run_id, command.dataset.name, command.epochs, command.num_neg,
@@ -217,8 +216,7 @@ class Epochs:
             return None
 
         # No deadline of its own: the trainer's heartbeat (PeerWatch) bounds this wait.
-        outcome = storage.wait_until(free_or_done, float("inf"), "a free buffer slot", max_interval=1.0,
-                                     patience=self.options.peer_timeout)
+        outcome = storage.wait_until(free_or_done, float("inf"), "a free buffer slot", max_interval=1.0)
         return None if outcome == "done" else time.monotonic() - started
 
     def ready_count(self) -> int:

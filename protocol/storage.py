@@ -336,10 +336,9 @@ def set_poll_patience(seconds: float) -> None:
     _poll_patience = seconds
 
 
-def wait_for(url: str, timeout: float, describe: str, check: Callable[[], None] | None = None,
-             patience: float | None = None) -> None:
+def wait_for(url: str, timeout: float, describe: str, check: Callable[[], None] | None = None) -> None:
     """Polls until url exists (see wait_until)."""
-    wait_until(lambda: exists(url), timeout, f"{describe} ({url})", check, patience=patience)
+    wait_until(lambda: exists(url), timeout, f"{describe} ({url})", check)
 
 
 def _as_bytes(payload: Payload) -> bytes:
