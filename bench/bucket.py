@@ -3,7 +3,7 @@
     python bench/bucket.py [--epochs 4] [--upload-concurrency 16] [--read-concurrency 16]
 
 Starts its own fake-gcs-server and, in a process of its own, the chaos bucket proxy
-(tests/chaos_bucket.py) shaping every connection to B = 25 MB/s each way with 20 ms added
+(testkit/chaos_bucket.py) shaping every connection to B = 25 MB/s each way with 20 ms added
 per request. Real GCS gives one stream roughly 60-200 MB/s and a large VM many GB/s in all;
 this 2-core machine moves only a few hundred MB/s through any local proxy (bench/chaos_proxy.py),
 so B is scaled down by about 4-8x from a real stream, keeping the ratio that matters (one
@@ -48,15 +48,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
-import emulator  # noqa: E402  tests/emulator.py: fake-gcs-server for the tests and the benches
+from testkit import emulator
 MB = 1e6
 
 
 def start_proxy(upstream: str, bandwidth: float, latency: float) -> tuple[subprocess.Popen, str]:
     """The chaos bucket in a process of its own: its asyncio loop then competes with nobody's GIL."""
-    process = subprocess.Popen([sys.executable, str(REPO / "tests" / "chaos_bucket.py"), "--upstream", upstream,
+    process = subprocess.Popen([sys.executable, "-m", "testkit.chaos_bucket", "--upstream", upstream,
                                 "--bandwidth", str(bandwidth), "--latency", str(latency)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     url = process.stdout.readline().strip()

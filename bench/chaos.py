@@ -3,13 +3,13 @@
     python bench/chaos.py [--epochs 2] [--only NAME ...]
 
 Each row runs both Jobs as separate processes on gs:// (fake-gcs-server behind the chaos
-proxy, tests/chaos_bucket.py) with one kind of fault, restarts a side where the scenario says
+proxy, testkit/chaos_bucket.py) with one kind of fault, restarts a side where the scenario says
 so, and checks the outcome: both exit 0, every epoch trained exactly once (metrics.jsonl) and
 every epoch's ready.json listing the parts of a fault-free run. The last line printed is one
 JSON object: faults injected by kind, runs completed, epochs lost and duplicated (0 and 0),
 and listings that differed from the fault-free run.
 
-The proxy and the Job helpers live with the tests (tests/chaos_bucket.py, tests/jobs.py): the
+The proxy and the Job helpers live with the tests (testkit/chaos_bucket.py, testkit/jobs.py): the
 tests folder is put on the import path explicitly, as bench/chaos_proxy.py and bench/bucket.py do.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -26,19 +25,18 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
-import emulator  # noqa: E402  tests/emulator.py
+from testkit import emulator
 
 EMULATOR, EMULATOR_URL = emulator.start()
 os.environ["STORAGE_EMULATOR_HOST"] = EMULATOR_URL  # this process reads the bucket straight
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
-from builders import command, metrics_line_epochs, publish_command, read_status  # noqa: E402
-from chaos_bucket import ChaosBucket, fail, lose, stall  # noqa: E402
-from jobs import FAST, Job, generator, trainer, wait_until  # noqa: E402
+from testkit.builders import command, metrics_line_epochs, publish_command, read_status
+from testkit.chaos_bucket import ChaosBucket, fail, lose, stall
+from testkit.jobs import FAST, Job, generator, trainer, wait_until
 
-from protocol import Ready, RunDir, storage  # noqa: E402
+from protocol import Ready, RunDir, storage
 
 BUCKET_ENV = {"NCF_BUCKET_CONNECT_TIMEOUT_S": "2", "NCF_BUCKET_READ_TIMEOUT_S": "5", "PYTHONUNBUFFERED": "1"}
 GEN_ARGS = ("--part-examples", "20000")

@@ -1,4 +1,4 @@
-"""Benchmark: throughput of the chaos bucket proxy (tests/chaos_bucket.py) in front of
+"""Benchmark: throughput of the chaos bucket proxy (testkit/chaos_bucket.py) in front of
 fake-gcs-server, against the emulator reached directly.
 
 A gcsfs client in its own process (as the Jobs are) writes `--streams` objects of `--size`
@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
-import emulator  # noqa: E402
-from chaos_bucket import ChaosBucket, shape  # noqa: E402
+from testkit import emulator
+from testkit.chaos_bucket import ChaosBucket, shape
 
 CLIENT = """
 import json, os, sys, time

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import emulator
+from testkit import emulator
 
 CACHE = Path(os.environ.get("NCF_TEST_CACHE", Path.home() / ".cache" / "ncf-tandem-tests"))
 
@@ -78,10 +78,10 @@ def cli_env() -> dict[str, str]:
 
 @pytest.fixture
 def chaos_bucket(fake_gcs):
-    """A fresh chaos bucket proxy (tests/chaos_bucket.py: no rules, zero counts) in front of the
+    """A fresh chaos bucket proxy (testkit/chaos_bucket.py: no rules, zero counts) in front of the
     emulator, and a new empty bucket; yields (ChaosBucket, "gs://<name>"). Point gcsfs at it with
     endpoint_url=chaos.url in this process; `chaos_env` is the environment for a subprocess."""
-    from chaos_bucket import ChaosBucket
+    from testkit.chaos_bucket import ChaosBucket
 
     with ChaosBucket(fake_gcs) as chaos:
         yield chaos, f"gs://{make_bucket(fake_gcs)}"

@@ -1,4 +1,4 @@
-"""The chaos bucket proxy (tests/chaos_bucket.py): what it sees in gcsfs's requests, which
+"""The chaos bucket proxy (testkit/chaos_bucket.py): what it sees in gcsfs's requests, which
 requests its rules select and when they fire, and each action against the real fake-gcs-server."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import aiohttp
 import gcsfs
 import pytest
 
-from chaos_bucket import Rule, describe, fail, lose, shape, stall
+from testkit.chaos_bucket import Rule, describe, fail, lose, shape, stall
 
 # ---- what a request is about -------------------------------------------------------------
 

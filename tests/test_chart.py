@@ -18,7 +18,7 @@ import yaml
 
 from protocol.messages import DATASETS, EVAL_MODES
 
-from k8s_support import (
+from testkit.k8s_support import (
     ACCELERATOR_LABEL_PREFIXES,
     CHART_DIR,
     CI_VALUES,
@@ -39,122 +39,8 @@ from k8s_support import (
     validate,
 )
 
-# --- value sets -------------------------------------------------------------------
-
-EVERY_TRAINING_VALUE = {
-    "dataset": "ml-1m",
-    "ratings": "gs://bucket/movielens/ml-1m/ratings.dat",
-    "epochs": 17,
-    "batchSize": 1048576,  # large: Helm reads numbers as float64; must not print 1.048576e+06
-    "evalBatchSize": 160000,
-    "numNeg": 7,
-    "evalNegatives": 99,
-    "evalMode": "paper",
-    "learningRate": 0.0005,
-    "mfDim": 24,
-    "l2": 1e-06,  # small floats print in exponent form, which the trainer's float() reads
-    "layers": [128, 64, 32],
-    "seed": 0,  # zero is a value, not "unset"
-    "targetHr": 0.635,
-    "bufferEpochs": 5,
-    "mixedPrecision": True,
-    "xla": True,
-    "stepsPerExecution": 32,
-}
-# What the trainer must receive for EVERY_TRAINING_VALUE, flag by flag.
-EVERY_TRAINING_FLAG = {
-    "--dataset": "ml-1m",
-    "--ratings": "gs://bucket/movielens/ml-1m/ratings.dat",
-    "--epochs": "17",
-    "--batch-size": "1048576",
-    "--eval-batch-size": "160000",
-    "--num-neg": "7",
-    "--eval-negatives": "99",
-    "--eval-mode": "paper",
-    "--learning-rate": "0.0005",
-    "--mf-dim": "24",
-    "--l2": "1e-06",
-    "--layers": "128,64,32",
-    "--seed": "0",
-    "--target-hr": "0.635",
-    "--buffer-epochs": "5",
-    "--mixed-precision": True,
-    "--xla": True,
-    "--steps-per-execution": "32",
-}
-TRAINER_FLAGS = set(EVERY_TRAINING_FLAG) | {"--data-dir", "--start-timeout", "--peer-timeout",
-                                            "--heartbeat-interval"}
-GENERATOR_FLAGS = {"--data-dir", "--workers", "--start-timeout", "--peer-timeout",
-                   "--heartbeat-interval", "--cache-dir"}
-
-EDGE_CASES = {
-    "defaults": {},
-    "every-training-value": {"dataDir": "gs://b/p", "trainer": {"training": EVERY_TRAINING_VALUE}},
-    "nvidia-2-gpus-spot-with-user-placement": {
-        "dataDir": "gs://b/p",
-        "trainer": {
-            "accelerator": {"preset": "nvidia", "nvidia": {"type": "nvidia-tesla-a100", "count": 2}},
-            "spot": True,
-            "nodeSelector": {"pool": "a100"},
-            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
-            "resources": {"requests": {"cpu": "8", "memory": "32Gi"}},
-        },
-        "generator": {"spot": True},
-    },
-    "tpu-1x1": {"dataDir": "gs://b/p", "trainer": {"accelerator": {"preset": "tpu"}}},
-    "emulator": {"dataDir": "gs://emu-bucket/runs/x", "gcsEmulator": {"enabled": True}},
-    "generator-only": {"dataDir": "gs://b/p", "trainer": {"enabled": False}},
-    "trainer-only-local-dir": {"dataDir": "/mnt/runs/x", "generator": {"enabled": False}},
-    "existing-service-account": {"dataDir": "gs://b/p", "serviceAccount": {"create": False, "name": "shared"}},
-    "overrides": {
-        "dataDir": "gs://b/p",
-        "fullnameOverride": "my-run",
-        "serviceAccount": {"gcpServiceAccount": "runner@proj.iam.gserviceaccount.com", "annotations": {"a": "b"}},
-        "imagePullSecrets": [{"name": "regcred"}],
-        "generator": {
-            "workers": 3, "cacheDir": "gs://b/cache",
-            "timeouts": {"start": 3600, "peer": 600, "heartbeatInterval": 5},
-            "extraArgs": ["--part-examples=100000"], "env": [{"name": "X", "value": "1"}],
-            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["cpu"]}]}]}}},
-            "podAnnotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"},
-            "podLabels": {"team": "recsys"},
-            "scratch": {"medium": "Memory", "sizeLimit": "512Mi"},
-            "terminationGracePeriodSeconds": 60,
-            "job": {"backoffLimit": 0, "activeDeadlineSeconds": 7200, "ttlSecondsAfterFinished": None,
-                    "failJobOnExitCodes": [], "ignoreDisruptions": False},
-        },
-        "trainer": {
-            "image": {"repository": "r/t", "tag": "1.2.3", "pullPolicy": "Always"},
-            "args": ["--data-dir=gs://other/x", "--dataset=ml-100k"],
-            "extraArgs": ["--epochs=1"],
-            "job": {"failJobOnExitCodes": [2, 3]},
-        },
-    },
-    # Both Jobs in one JobSet, queued by Kueue, with the emulator.
-    "jobset-kueue-emulator": {
-        "dataDir": "gs://emu-bucket/runs/x",
-        "workload": "jobset",
-        "kueue": {"queueName": "team-a"},
-        "gcsEmulator": {"enabled": True},
-        "jobset": {"maxRestarts": 0, "ttlSecondsAfterFinished": None},
-    },
-    "jobs-kueue-no-network-policy-no-tests": {
-        "dataDir": "gs://b/p",
-        "kueue": {"queueName": "team-a"},
-        "networkPolicy": {"enabled": False},
-        "tests": {"enabled": False},
-        "trainer": {"accelerator": {"preset": "tpu"}, "timeouts": {"start": 0.5, "peer": 90.25, "heartbeatInterval": 1e-3}},
-    },
-}
-
-
-def all_value_sets() -> list[tuple[str, dict]]:
-    return [(p.name, load_values(p)) for p in CI_VALUES] + list(EDGE_CASES.items())
-
-
-ALL_VALUE_SETS = all_value_sets()
-IDS = [name for name, _ in ALL_VALUE_SETS]
+from testkit.chart_values import (ALL_VALUE_SETS, EDGE_CASES, EVERY_TRAINING_FLAG, EVERY_TRAINING_VALUE,
+                                   GENERATOR_FLAGS, IDS)
 
 
 def test_ci_value_files_exist():

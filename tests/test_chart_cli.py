@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from generator.__main__ import parse_args as parse_generator_args
-from k8s_support import job, main_container, render
-from test_chart import ALL_VALUE_SETS, EDGE_CASES, EVERY_TRAINING_VALUE, IDS
+from testkit.k8s_support import job, main_container, render
+from testkit.chart_values import ALL_VALUE_SETS, EDGE_CASES, EVERY_TRAINING_VALUE, IDS
 from trainer.config import parse_args as parse_trainer_args
 
 

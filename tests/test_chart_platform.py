@@ -10,7 +10,7 @@ import ipaddress
 
 import pytest
 
-from k8s_support import (
+from testkit.k8s_support import (
     CHART_DIR,
     all_pod_specs,
     all_pod_templates,
@@ -21,7 +21,7 @@ from k8s_support import (
     selects,
     workload_jobs,
 )
-from test_chart import ALL_VALUE_SETS, IDS
+from testkit.chart_values import ALL_VALUE_SETS, IDS
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 WORKLOADS = ["jobs", "jobset"]

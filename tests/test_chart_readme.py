@@ -7,7 +7,7 @@ import re
 
 import yaml
 
-from k8s_support import CHART_DIR
+from testkit.k8s_support import CHART_DIR
 
 README = CHART_DIR / "README.md"
 ROW = re.compile(r"^\| `([^`]+)` \| `(.*)` \| (.*) \|$")

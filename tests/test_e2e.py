@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from builders import command, metrics
-from builders import read_status as status
-from jobs import generator, ready_epochs, snapshot, trainer, wait_until
+from testkit.builders import command, metrics
+from testkit.builders import read_status as status
+from testkit.jobs import generator, ready_epochs, snapshot, trainer, wait_until
 from protocol import Ready, Result, RunDir, parts, storage
 
 pytestmark = pytest.mark.slow

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from builders import metrics
+from testkit.builders import metrics
 from generator.job import publish_ids
 from generator.preprocess import Dataset
 from protocol import DatasetSpec, InvalidInput, PeerError, Result, RunDir, Status, storage
 from protocol.cli import run as run_console
-from trainer_support import command, publish_epoch, run_cli, trainer_args, write_run
+from testkit.trainer_support import command, publish_epoch, run_cli, trainer_args, write_run
 
 NUM_USERS, NUM_ITEMS = 30, 50
 FAST = ["--steps-per-execution", "4", "--learning-rate", "0.02"]  # learns (and unlearns) within an epoch or two

@@ -1,4 +1,4 @@
-"""Both Jobs, as separate OS processes on gs://, through the chaos bucket (tests/chaos_bucket.py):
+"""Both Jobs, as separate OS processes on gs://, through the chaos bucket (testkit/chaos_bucket.py):
 each fault of DESIGN.md "What a real bucket does" and each restart ends with both exiting 0,
 every epoch trained exactly once (metrics.jsonl) and every epoch's ready.json listing the
 same parts as a fault-free run with the same seed.
@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from builders import metrics_line_epochs, publish_command, read_status
-from builders import command as make_command
-from chaos_bucket import fail, lose, stall
-from jobs import FAST, generator, trainer, wait_until
+from testkit.builders import metrics_line_epochs, publish_command, read_status
+from testkit.builders import command as make_command
+from testkit.chaos_bucket import fail, lose, stall
+from testkit.jobs import FAST, generator, trainer, wait_until
 from protocol import Ready, RunDir, storage
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ def expected(fake_gcs, tmp_path_factory) -> dict[int, list[dict]]:
     """Every epoch's part listing from a fault-free generator (no trainer: it keeps them all)."""
     from conftest import make_bucket
 
-    from jobs import Job
+    from testkit.jobs import Job
 
     run_url = f"gs://{make_bucket(fake_gcs)}/run"
     publish_command(run_url, make_command(epochs=EPOCHS, eval_negatives=99, buffer_epochs=EPOCHS))

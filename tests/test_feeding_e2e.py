@@ -9,15 +9,15 @@ import sys
 
 import pytest
 
-from builders import REPO, metrics
-from jobs import generator, trainer
+from testkit.builders import REPO, metrics
+from testkit.jobs import generator, trainer
 from protocol import RunDir, storage
 
 pytestmark = pytest.mark.slow
 
 
 def test_shaped_bucket_keeps_the_trainer_fed(chaos_bucket, chaos_env, tmp_path):
-    from chaos_bucket import shape
+    from testkit.chaos_bucket import shape
 
     chaos, bucket = chaos_bucket
     chaos.add(shape(bandwidth=25e6, latency=0.02))

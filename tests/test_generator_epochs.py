@@ -11,8 +11,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from builders import publish_command
-from generator_support import make_command, part_bytes, read_columns, read_ready, read_status
+from testkit.builders import publish_command
+from testkit.generator_support import make_command, part_bytes, read_columns, read_ready, read_status
 
 from generator import sampling
 from generator import job

@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 import pytest
-from builders import publish_command, write_status
-from generator_support import (
+from testkit.builders import publish_command, write_status
+from testkit.generator_support import (
     last_line, make_command, part_bytes, read_ready, read_status, run_generator,
     start_generator,
 )
-from jobs import ready_epochs, wait_until
+from testkit.jobs import ready_epochs, wait_until
 
 from generator import __main__ as generator_cli
 from protocol import Ready, RunDir, parts, storage

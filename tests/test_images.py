@@ -20,9 +20,9 @@ import urllib.request
 
 import pytest
 
-import docker_support as ds
-import emulator
-from k8s_support import CHART_DIR, by_kind, env, job, load_values, main_container, render
+from testkit import docker_support as ds
+from testkit import emulator
+from testkit.k8s_support import CHART_DIR, by_kind, env, job, load_values, main_container, render
 
 # A cold machine builds the base image and downloads TensorFlow first.
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]

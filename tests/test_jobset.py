@@ -13,7 +13,7 @@ import copy
 import helm_python
 import pytest
 
-from k8s_support import (
+from testkit.k8s_support import (
     CHART_DIR,
     CI_VALUES,
     JOBSET_CRD,
@@ -134,7 +134,7 @@ def test_helm_test_role_reads_jobsets_only_under_jobset():
 
 
 def test_notes_follow_the_jobset():
-    from k8s_support import notes
+    from testkit.k8s_support import notes
 
     text = notes(load_values(CHART_DIR / "ci" / "gke-l4-jobset-values.yaml"))
     assert "logs -f job/ncf-ncf-tandem-trainer-0" in text

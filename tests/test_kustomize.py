@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from k8s_support import K8S_DIR, KUBE_VERSIONS, kustomize, load_values, render
+from testkit.k8s_support import K8S_DIR, KUBE_VERSIONS, kustomize, load_values, render
 
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import builders
+from testkit import builders
 
 from protocol import Command, DatasetMeta, DatasetSpec, MessageError, PartInfo, Ready, Status
 from protocol.errors import EXIT_INVALID, exit_code_for

@@ -9,11 +9,11 @@ import sys
 
 from PIL import Image
 
-import fake_run
+from testkit import fake_run
 from protocol import RunDir
 from protocol import storage
 from trainer.report import DPI, FIGSIZE, write_report
-from builders import REPO
+from testkit.builders import REPO
 
 SIZE = (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builders import REPO
-from k8s_support import CI_VALUES, jobset_jobs, load_values, render
+from testkit.builders import REPO
+from testkit.k8s_support import CI_VALUES, jobset_jobs, load_values, render
 
 BIN = Path(sys.executable).parent
 WORKLOADS = ("jobs", "jobset")

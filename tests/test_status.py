@@ -1,6 +1,6 @@
 """ncf-status against run directories on local disk and on the real fake-gcs-server.
 
-Each run directory is written message by message through protocol.storage (tests/fake_run.py),
+Each run directory is written message by message through protocol.storage (testkit/fake_run.py),
 as the generator and trainer would, and the console tool is run as a subprocess, as a
 person would run it.
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-import fake_run
-from builders import write_status
+from testkit import fake_run
+from testkit.builders import write_status
 from protocol import RunDir
 from protocol import storage
 from runstatus.render import duration
-from builders import REPO
+from testkit.builders import REPO
 
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-import fake_run
-from builders import write_status
+from testkit import fake_run
+from testkit.builders import write_status
 from protocol import RunDir
 from runstatus.kube import describe_jobs, read_release
-from builders import REPO
+from testkit.builders import REPO
 
 RECORDED = Path(__file__).resolve().parent / "data" / "k8s"
 TOKEN = "test-token-7f3a"

@@ -10,7 +10,8 @@ import pytest
 
 from protocol import AlreadyPublished, Command, InvalidInput, WaitTimeout, storage
 from protocol.errors import EXIT_INVALID, exit_code_for
-from builders import REPO, command
+from testkit.builders import REPO, command
+from testkit.chaos_bucket import lose
 
 
 
@@ -201,7 +202,7 @@ def test_publish_once_survives_a_lost_response_through_the_chaos_bucket(chaos_bu
         storage.publish_once(sys.argv[1], b"mine")
         print(storage.read_bytes(sys.argv[1]).decode())
     """)
-    chaos.add(__import__("chaos_bucket").lose(create_only=True, times=1))
+    chaos.add(lose(create_only=True, times=1))
     out = subprocess.run([sys.executable, "-c", code, f"{bucket}/run/command.json"], cwd=REPO, env=chaos.env(),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -300,7 +301,7 @@ def test_a_part_whose_crc32c_gcs_reports_differs_is_written_again(gcs_bucket, mo
 
 def test_a_bucket_whose_metadata_is_forbidden_is_usable_if_it_takes_the_write_probe(chaos_bucket):
     chaos, bucket = chaos_bucket
-    from chaos_bucket import fail
+    from testkit.chaos_bucket import fail
 
     code = "import sys; from protocol import storage; storage.ensure_writable(sys.argv[1]); print('ok')"
     # Bucket calls have no object name, which no name rule selects: this one takes only them.

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from builders import RUN_ID
+from testkit.builders import RUN_ID
 from protocol import CorruptData, EpochMetrics, Ready, RunDir, parts, storage
 from protocol.background import BackgroundWriter
 

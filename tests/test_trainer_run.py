@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from protocol import EpochMetrics, Result, RunDir, Status, storage
-from trainer_support import run_cli
-from builders import RUN_ID, metrics_line_epochs, write_status
-from trainer_support import command, publish_epoch, trainer_args, write_run
-from builders import REPO
+from testkit.trainer_support import run_cli
+from testkit.builders import RUN_ID, metrics_line_epochs, write_status
+from testkit.trainer_support import command, publish_epoch, trainer_args, write_run
+from testkit.builders import REPO
 
 
 # The trainer's CLI end to end, seconds per test: the fast loop has test_trainer_units.
@@ -221,7 +221,7 @@ def test_ml100k_quality(tmp_path, ml100k, cli_env):
 def test_kill_9_during_a_checkpoint_upload_resumes_from_the_previous_one(chaos_bucket, chaos_env):
     """The trainer killed while checkpoints/ckpt-000002's pieces upload (made slow by the chaos
     bucket) restarts from the checkpoint after epoch 0 and trains every epoch exactly once."""
-    from chaos_bucket import shape
+    from testkit.chaos_bucket import shape
 
     chaos, bucket = chaos_bucket
     url = bucket + "/runs/kill"

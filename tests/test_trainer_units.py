@@ -249,7 +249,7 @@ def test_command_publish_resume_mismatch(run_url):
 
 @pytest.mark.slow  # the whole trainer CLI in process
 def test_command_mismatch_exits_2_via_cli(tmp_path, capsys):
-    from trainer_support import run_cli
+    from testkit.trainer_support import run_cli
 
     url = str(tmp_path / "run")
     assert run_cli(["--data-dir", url, "--dataset", "synthetic-small", "--epochs", "3", "--start-timeout", "0.5"]) == 3

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import helm_python
 import kubernetes_validate
 import yaml
-from builders import REPO
+from testkit.builders import REPO
 
 CHART_DIR = REPO / "charts" / "ncf-tandem"
 CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from builders import RUN_ID, command, write_status
+from testkit.builders import RUN_ID, command, write_status
 from protocol import Command, DatasetMeta, EpochMetrics, PartInfo, Ready, Result, RunDir
 from protocol import storage
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from protocol import RunDir, storage
 from protocol.runfiles import epoch_folders
-from builders import REPO
+from testkit.builders import REPO
 
 # Small timings so failures surface in seconds; the defaults are minutes.
 FAST = ["--heartbeat-interval", "0.5", "--peer-timeout", "8", "--start-timeout", "60"]

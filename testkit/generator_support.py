@@ -8,8 +8,8 @@ import sys
 import numpy as np
 
 from protocol import Command, Ready, RunDir, Status, parts, storage
-import builders
-from builders import REPO
+from testkit import builders
+from testkit.builders import REPO
 
 
 

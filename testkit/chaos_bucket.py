@@ -36,9 +36,9 @@ upload's object name before forwarding. Measured on this 2-core machine (bench/c
 (streamed bodies) 255-280 / 460-580.
 
 The proxy runs in a daemon thread with its own asyncio loop in the process that creates it (a
-test, or a bench: sys.path.insert(0, "<repo>/tests")), so rules change at run time through this
+test, or a bench; both import it from the testkit package), so rules change at run time through this
 object (thread-safe), while the processes under test reach it over HTTP: pass `env()` to them.
-`python tests/chaos_bucket.py --upstream URL` runs one (optionally shaped) in the foreground.
+`python -m testkit.chaos_bucket --upstream URL` runs one (optionally shaped) in the foreground.
 Not handled: Expect: 100-continue, HTTPS, HTTP/2 (gcsfs uses none of them).
 """
 
@@ -372,7 +372,7 @@ class ChaosBucket:
         await writer.drain()
 
 
-if __name__ == "__main__":  # python tests/chaos_bucket.py --upstream URL [--port N] [--bandwidth B] [--latency S]
+if __name__ == "__main__":  # python -m testkit.chaos_bucket --upstream URL [--port N] [--bandwidth B] [--latency S]
     import argparse
 
     parser = argparse.ArgumentParser(description="Run a chaos bucket proxy in the foreground (Ctrl-C ends it).")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import builders
+from testkit import builders
 from protocol import Command, DatasetMeta, Ready, RunDir, parts, storage
 from protocol.cli import run
 

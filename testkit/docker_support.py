@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Iterator
-from builders import REPO
+from testkit.builders import REPO
 
 BASE_IMAGE = "python:3.11-slim"
 STANDIN_LABEL = "org.ncf-tandem.base-image-standin"
