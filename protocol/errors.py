@@ -66,5 +66,10 @@ def first_line(error: BaseException, limit: int | None = 300) -> str:
     return (str(error).strip() or type(error).__name__).splitlines()[0][:limit]
 
 
+def describe_error(error: BaseException, limit: int | None = 300) -> str:
+    """An error as one line that names its type: "HttpError: backend error, 503"."""
+    return f"{type(error).__name__}: {first_line(error, limit)}"
+
+
 def exit_code_for(error: BaseException) -> int:
     return getattr(error, "exit_code", EXIT_OTHER)

@@ -19,7 +19,7 @@ from .defaults import CLOCK_SKEW_S, HEARTBEAT_INTERVAL_S
 from .errors import MessageError, PeerError
 from .layout import RunDir
 from .messages import Status
-from .storage import setting
+from .faults import setting
 
 log = logging.getLogger(__name__)
 

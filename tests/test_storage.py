@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from protocol import AlreadyPublished, Command, InvalidInput, WaitTimeout, storage
+from protocol import AlreadyPublished, Command, InvalidInput, WaitTimeout, backends, storage
 from protocol.errors import EXIT_INVALID, exit_code_for
 from testkit.builders import REPO, command
 from testkit.chaos_bucket import lose
@@ -276,7 +276,7 @@ def test_a_poll_treats_bucket_errors_as_no_news_until_its_patience_runs_out():
 
 def test_every_bucket_request_has_connect_and_read_timeouts(fake_gcs, monkeypatch):
     monkeypatch.setenv("NCF_BUCKET_READ_TIMEOUT_S", "7")
-    backend = storage._GCSBackend()
+    backend = backends.GCSBackend()
     timeout = backend.fs.requests_timeout
     assert (timeout.sock_connect, timeout.sock_read) == (20.0, 7.0)
     import gcsfs.core
@@ -285,7 +285,7 @@ def test_every_bucket_request_has_connect_and_read_timeouts(fake_gcs, monkeypatc
 
 def test_a_part_whose_crc32c_gcs_reports_differs_is_written_again(gcs_bucket, monkeypatch):
     storage.write_bytes(f"{gcs_bucket}/warm", b"")
-    backend = storage._backends["gs"]
+    backend = backends.resolve(gcs_bucket)[0]
     real, answers = backend.write, iter([0xDEAD, None, None])
     monkeypatch.setattr(backend, "write", lambda path, data: (real(path, data), next(answers))[1])
     url = f"{gcs_bucket}/epochs/000000/part-00000"
@@ -315,7 +315,7 @@ def test_a_bucket_whose_metadata_is_forbidden_is_usable_if_it_takes_the_write_pr
 
 
 def test_a_zonal_bucket_is_refused_with_exit_2(gcs_bucket, monkeypatch):
-    backend = storage._resolve(gcs_bucket)[0]
+    backend = backends.resolve(gcs_bucket)[0]
     monkeypatch.setattr(backend.fs, "call", lambda *a, **k: {"storageClass": "RAPID", "locationType": "zone",
                                                               "location": "us-central1-a"})
     with pytest.raises(InvalidInput, match="zonal bucket.*RAPID.*Standard bucket") as caught:
