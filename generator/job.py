@@ -50,8 +50,8 @@ def default_cache_dir(data_dir: str) -> str:
 
 def generate(options: Options) -> None:
     run = RunDir(options.data_dir)
+    storage.configure(poll=options.peer_timeout)
     storage.ensure_writable(run.url)
-    storage.set_poll_patience(options.peer_timeout)
     with Heartbeat(run, "generator", options.heartbeat_interval) as beat:
         trainer = PeerWatch(run, "trainer", options.start_timeout, options.peer_timeout)
         beat.update(state="waiting", message="waiting for command.json from the trainer")

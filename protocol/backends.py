@@ -23,13 +23,18 @@ import base64
 import ctypes
 import logging
 import os
+import time
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from . import urls
 from .errors import InvalidInput, describe_error, first_line
-from .faults import polling, setting
+from .faults import Outage, polling, setting
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 if os.environ.get("STORAGE_EMULATOR_HOST"):
     # Without this, gcsfs probes for gRPC on import and every call waits about 60 s.
@@ -52,6 +57,10 @@ class LocalBackend:
 
     def write(self, path: str, data: bytes | ctypes.Array) -> None:
         self.fs.pipe_file(path, data)
+
+    @staticmethod
+    def principal() -> None:
+        return None  # a local disk's permissions are the process's user's
 
     @staticmethod
     def explain(url: str, error: BaseException) -> str:
@@ -102,11 +111,16 @@ class GCSBackend:
         import aiohttp
         from gcsfs.core import GCSFileSystem  # not gcsfs.GCSFileSystem: see the module docstring
 
-        token = "anon" if os.environ.get("STORAGE_EMULATOR_HOST") else None
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=setting("BUCKET_CONNECT_TIMEOUT_S"),
                                         sock_read=setting("BUCKET_READ_TIMEOUT_S"))
-        self.fs = GCSFileSystem(token=token, use_listings_cache=False, skip_instance_cache=True,
-                                requests_timeout=timeout)
+        self.fs = _with_credentials(lambda token: GCSFileSystem(
+            token=token, use_listings_cache=False, skip_instance_cache=True, requests_timeout=timeout))
+
+    def principal(self) -> str | None:
+        """The service account this process acts as, when its credentials say (GKE's metadata
+        server names it once a token was fetched)."""
+        email = getattr(self.fs.credentials.credentials, "service_account_email", None)
+        return email if email and email != "default" else None
 
     def prepare(self, url: str) -> None:
         pass  # the write probe decides (ensure_writable)
@@ -150,6 +164,31 @@ class GCSBackend:
 
     def replace(self, path: str, data: bytes) -> None:
         self.fs.pipe_file(path, data)  # one object write is atomic on GCS
+
+
+def _with_credentials(connect: Callable[[str], T]) -> T:
+    """connect(token): Google's default credentials, never anonymous (gcsfs's token=None falls
+    back to anonymous when the metadata server is not ready yet, which then fails with 401s).
+    Missing credentials are waited for CREDENTIALS_WAIT_S (a pod's metadata server may come up
+    after the container), then InvalidInput (exit 2) says what to set up. Only the emulator, which
+    takes no credentials, is anonymous."""
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return connect("anon")
+    from google.auth.exceptions import DefaultCredentialsError
+
+    missing = Outage(setting("CREDENTIALS_WAIT_S"))
+    while True:
+        try:
+            return connect("google_default")
+        except DefaultCredentialsError as error:
+            missing.failed(error)
+            if missing.over():
+                raise InvalidInput(
+                    f"no Google credentials after {missing.lasted():.0f} s ({first_line(error)}): on GKE, give the "
+                    "Kubernetes ServiceAccount a Google identity with Workload Identity; elsewhere set "
+                    "GOOGLE_APPLICATION_CREDENTIALS") from None
+            log.warning("no Google credentials yet (%s); waiting up to %.0f s", first_line(error), missing.limit)
+            time.sleep(min(1.0, missing.left()))
 
 
 def _crc32c_of(resource: dict) -> int | None:

@@ -19,6 +19,11 @@ BUCKET_READ_TIMEOUT_S = 60.0
 # A read or write the Job cannot go on without treats transient bucket errors (408, 429, 5xx,
 # resets, timeouts) as passing for this long (google-cloud-storage's default deadline), then fails.
 BUCKET_DEADLINE_S = 120.0
+# Google credentials that are not there yet (a pod's metadata server may start after it) are
+# waited for this long, then the Job exits 2 saying how to provide them.
+CREDENTIALS_WAIT_S = 60.0
+# A 403 on the first writes: a fresh roles/storage.objectUser grant takes 2-7+ minutes to apply.
+PERMISSION_WAIT_S = 600.0
 # On exit, how long a Job waits for its final status/<side>.json to land (the bucket may be down).
 HEARTBEAT_FLUSH_S = 60.0
 # A peer's `failed` status stamped more than this before this process started (by the peer's

@@ -34,6 +34,10 @@ class ForeignRun(InvalidInput):
                          f"in this run directory")
 
 
+class PermissionDenied(InvalidInput):
+    """The bucket refused a write (HTTP 403) past --permission-wait: IAM, not a passing fault."""
+
+
 class CorruptData(InvalidInput):
     """A part whose size, checksum or layout does not match what its ready.json lists."""
 
@@ -46,6 +50,12 @@ class PeerError(Exception):
     """The other Job failed, went silent, or never appeared. Exit code 3."""
 
     exit_code = EXIT_PEER
+
+
+class PeerFailedFinally(PeerError):
+    """The other Job failed on invalid input (its exit code 2, never retried): so does this one."""
+
+    exit_code = EXIT_INVALID
 
 
 class BucketUnavailable(Exception):

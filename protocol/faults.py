@@ -10,21 +10,30 @@
   thread, PeerWatch) a call is tried once and its transient error goes to the caller, for whom
   it is "no news yet": wait_until gives up after `patience` (exit 3), PeerWatch after
   --peer-timeout.
+- A 403 on a write before this process's first write has landed is a fresh IAM grant still
+  spreading (it takes 2-7+ minutes): retried for --permission-wait, then PermissionDenied (exit 2)
+  naming the URL, the principal when known, and the role it needs. After a write has landed, a
+  403 is final at once.
+- Every one of these waits keeps time with one `Outage` clock: it starts when the first failing
+  call began, ends with the first success, and says when it has lasted its limit.
+How long each wait is comes from `Patience`, configured once per process from the Job's flags.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from . import defaults
-from .errors import EXIT_OTHER, BucketUnavailable, InvalidInput, describe_error
+from . import defaults, urls
+from .errors import EXIT_OTHER, BucketUnavailable, InvalidInput, PermissionDenied, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,71 @@ T = TypeVar("T")
 def setting(name: str) -> float:
     """defaults.<name>, or the environment's NCF_<name> (the fault tests shorten the bucket's)."""
     return float(os.environ.get(f"NCF_{name}", getattr(defaults, name)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Patience:
+    """How long this process waits out each kind of bucket fault, in seconds."""
+
+    bucket: float  # a read or write the Job cannot go on without (BUCKET_DEADLINE_S)
+    poll: float  # polls for the other side's files: the Job's --peer-timeout
+    permission: float  # a 403 before the first write landed: the Job's --permission-wait (tools: 0)
+
+
+def default_patience() -> Patience:
+    deadline = setting("BUCKET_DEADLINE_S")
+    return Patience(bucket=deadline, poll=deadline, permission=0.0)
+
+
+_patience: Patience | None = None
+
+
+def configure(**seconds: float) -> Patience:
+    """Sets this process's patience once, from its flags (e.g. poll=--peer-timeout,
+    permission=--permission-wait); the rest keep their defaults."""
+    global _patience
+    _patience = dataclasses.replace(default_patience(), **seconds)
+    return _patience
+
+
+def patience() -> Patience:
+    return _patience or default_patience()
+
+
+class Outage:
+    """One run of failures, timed by one monotonic clock: from when the first failing call began
+    to now, until a success ends it. Used by retries, polls, the peer watch and the heartbeat."""
+
+    def __init__(self, limit: float):
+        self.limit = limit
+        self.since: float | None = None
+        self.failures = 0
+        self.error: BaseException | None = None
+
+    def failed(self, error: BaseException, began: float | None = None) -> None:
+        """Records a failure of a call that began at `began` (gcsfs may have retried it for a while)."""
+        self.since = self.since or (time.monotonic() if began is None else began)
+        self.failures += 1
+        self.error = error
+
+    def ended(self) -> bool:
+        """Records a success; whether it ended an outage."""
+        was = self.since is not None
+        self.since, self.failures, self.error = None, 0, None
+        return was
+
+    def lasted(self, now: float | None = None) -> float:
+        return 0.0 if self.since is None else (time.monotonic() if now is None else now) - self.since
+
+    def over(self, now: float | None = None) -> bool:
+        """Whether failures have lasted the limit."""
+        return self.since is not None and self.lasted(now) >= self.limit
+
+    def left(self) -> float:
+        return max(0.0, self.limit - self.lasted())
+
+    def describe(self) -> str:
+        return describe_error(self.error) if self.error is not None else "no error"
 
 
 _TRANSIENT_CODES = {408, 429, 500, 502, 503, 504}
@@ -81,24 +155,59 @@ def polling() -> Iterator[None]:
         _local.polling = outer
 
 
-def retrying(action: Callable[[], T], url: str, deadline: float | None = None, exit_code: int = EXIT_OTHER) -> T:
-    """action(), retrying transient errors for `deadline` s (BUCKET_DEADLINE_S) from the first one;
-    then BucketUnavailable naming url and the last error. Inside polling(): one try."""
+def is_forbidden(error: BaseException) -> bool:
+    """HTTP 403 from GCS (gcsfs raises OSError("Forbidden: <path>\n<GCS's message>"))."""
+    return getattr(error, "code", None) == 403 or (type(error) is OSError and str(error).startswith("Forbidden"))
+
+
+ROLE = "roles/storage.objectUser"
+_PRINCIPAL = re.compile(r"^(\S+@\S+|Anonymous caller) does not have", re.MULTILINE)
+_write_landed = threading.Event()  # a write succeeded: from then on, a 403 is final at once
+
+
+def retrying(action: Callable[[], T], url: str, deadline: float | None = None, exit_code: int = EXIT_OTHER,
+             write: bool = False, principal: Callable[[], str | None] = lambda: None) -> T:
+    """action(), retrying transient errors for `deadline` s (Patience.bucket) from the first one;
+    then BucketUnavailable naming url and the last error. A write's 403 before any write landed is
+    retried for Patience.permission, then PermissionDenied (exit 2). Inside polling(): one try."""
     if getattr(_local, "polling", False):
         return action()
-    deadline = setting("BUCKET_DEADLINE_S") if deadline is None else deadline
-    first_failure, pause = None, 0.5
+    outage = Outage(patience().bucket if deadline is None else deadline)
+    denied = Outage(patience().permission if write and not _write_landed.is_set() else 0.0)
+    pause = 0.5
     while True:
         try:
-            return action()
+            result = action()
         except Exception as error:
-            if not is_transient(error):
-                raise
-            now = time.monotonic()
-            first_failure = first_failure or now
-            if now - first_failure >= deadline:
-                raise BucketUnavailable(f"{url}: the bucket kept failing for {now - first_failure:.0f} s: "
-                                        f"{describe_error(error)}", exit_code) from error
-            log.warning("%s: %s; retrying (transient, for up to %.0f s)", url, describe_error(error), deadline)
-            time.sleep(min(pause, max(0.0, first_failure + deadline - now)))
+            clock = _clock_for(error, outage, denied, write)
+            clock.failed(error)
+            if clock.over():
+                raise _gave_up(clock, url, exit_code, principal) from error
+            log.warning("%s: %s; retrying (%s, for up to %.0f s)", url, describe_error(error),
+                        "transient" if clock is outage else f"no permission yet: a fresh {ROLE} grant takes "
+                                                            "minutes to apply", clock.limit)
+            time.sleep(min(pause, clock.left()))
             pause = min(pause * 2, 10.0)
+            continue
+        if write:
+            _write_landed.set()
+        return result
+
+
+def _clock_for(error: Exception, outage: Outage, denied: Outage, write: bool) -> Outage:
+    if is_transient(error):
+        return outage
+    if write and is_forbidden(error):
+        return denied
+    raise error
+
+
+def _gave_up(clock: Outage, url: str, exit_code: int, principal: Callable[[], str | None]) -> Exception:
+    if not is_forbidden(clock.error):
+        return BucketUnavailable(f"{url}: the bucket kept failing for {clock.lasted():.0f} s: {clock.describe()}",
+                                 exit_code)
+    found = _PRINCIPAL.search(str(clock.error))
+    who = principal() or (found.group(1) if found else "this Job's identity (principal unknown)")
+    waited = f" for {clock.lasted():.0f} s (--permission-wait {clock.limit:.0f} s)" if clock.limit else ""
+    return PermissionDenied(f"{url}: permission denied (HTTP 403){waited}: {who} needs {ROLE} on "
+                            f"gs://{urls.bucket(url)}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from .defaults import HEARTBEAT_INTERVAL_S
-from .errors import ForeignRun, MessageError
+from .errors import EXIT_INVALID, ForeignRun, MessageError
 
 PROTOCOL_VERSION = 1
 # Each set of names is written once, as a type; the tuples, flags and checks derive from it.
@@ -298,6 +298,15 @@ class Status(Message):
     # The writer's promise: readers (ncf-status, the peer) judge staleness against it.
     heartbeat_interval: float = at_least(0.0, default=HEARTBEAT_INTERVAL_S)
     protocol: int = PROTOCOL_VERSION
+    # When failed: the exit code the writer ends with. 2 (invalid input) is final: Kubernetes
+    # never retries it, so the other side stops at once. Added later, hence optional.
+    exit_code: int | None = None
+    optional_fields: ClassVar[tuple[str, ...]] = ("exit_code",)
+
+    @property
+    def final(self) -> bool:
+        """A failure no new attempt will follow (DESIGN.md "Exit codes")."""
+        return self.state == "failed" and self.exit_code == EXIT_INVALID
 
     def validate(self, source: str) -> None:
         _check_protocol(self.protocol, source)

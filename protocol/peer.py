@@ -16,10 +16,10 @@ import time
 
 from . import storage
 from .defaults import CLOCK_SKEW_S, HEARTBEAT_INTERVAL_S
-from .errors import MessageError, PeerError
+from .errors import MessageError, PeerError, PeerFailedFinally, describe_error, exit_code_for
+from .faults import Outage, setting
 from .layout import RunDir
 from .messages import Status
-from .faults import setting
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,10 @@ class Heartbeat:
     retried with the then-latest status; a missed beat is not fatal, the peer timeout is generous.
 
     Used as a context manager: an exception leaving the block is recorded as state
-    'failed' with its message, so the other side knows at once (it still gives a failed peer
-    --peer-timeout to come back, see PeerWatch). On exit the final status is flushed, waiting
+    'failed' with its one-line cause and the exit code it will end the process with, so the
+    other side knows at once. Exit code 2 (invalid input: Kubernetes never retries it) makes the
+    status final and the other side stops at once; any other failure gets --peer-timeout to come
+    back (see PeerWatch). On exit the final status is flushed, waiting
     at most HEARTBEAT_FLUSH_S (the bucket may be down).
     """
 
@@ -64,7 +66,7 @@ class Heartbeat:
 
     def __exit__(self, kind, error, tb) -> None:
         if error is not None:
-            self.update(state="failed", message=f"{type(error).__name__}: {error}".splitlines()[0][:2000])
+            self.update(state="failed", message=describe_error(error, limit=2000), exit_code=exit_code_for(error))
         flush_s = setting("HEARTBEAT_FLUSH_S")
         if not self.flush(timeout=flush_s):
             log.warning("could not write the final status %s within %.0f s", self.url, flush_s)
@@ -93,11 +95,12 @@ class Heartbeat:
 
     def _run(self) -> None:
         last_write = float("-inf")
-        failures = 0
+        outage = Outage(float("inf"))  # never fatal: only paces the retries
         while True:
             with self._cond:
                 # Sleep until a write is asked for or the beat is due, then keep the spacing.
-                due = last_write + (self.interval if failures == 0 else min(self.interval, 2.0 ** failures))
+                pause = min(self.interval, 2.0 ** outage.failures) if outage.failures else self.interval
+                due = last_write + pause
                 self._cond.wait_for(lambda: self._stop or self._version > self._written,
                                     timeout=max(0.0, due - time.monotonic()))
                 if self._stop:
@@ -114,10 +117,10 @@ class Heartbeat:
                 with storage.polling():  # one try: the next attempt writes the then-latest status
                     storage.overwrite(self.url, status)
             except Exception as error:  # noqa: BLE001 - never fatal; retried with the latest status
-                failures += 1
-                log.warning("could not write heartbeat %s: %s", self.url, storage.describe_error(error))
+                outage.failed(error)
+                log.warning("could not write heartbeat %s: %s", self.url, outage.describe())
                 continue
-            failures = 0
+            outage.ended()
             with self._cond:
                 self._written = max(self._written, version)
                 self._cond.notify_all()
@@ -126,7 +129,10 @@ class Heartbeat:
 class PeerWatch:
     """Raises PeerError from `check()` when the other side failed, went silent or never came.
 
-    A `failed` status is not final while Kubernetes may restart its writer:
+    A `failed` status with exit code 2 that the peer wrote while this process ran is final
+    (invalid input: Kubernetes never restarts it): PeerFailedFinally (exit 2) at once, naming the
+    peer and its cause. Any other `failed` status is not final while Kubernetes may restart its
+    writer:
     - one the peer wrote while this process ran (its time, by the peer's clock, is no more than
       CLOCK_SKEW_S before this process started) gives the peer --peer-timeout from when this
       watcher first saw it to come back (a fresh heartbeat of a new attempt: another pid, host
@@ -150,8 +156,7 @@ class PeerWatch:
         self.last: Status | None = None
         self.last_change = self.started
         self._last_read = float("-inf")
-        self._read_error: str | None = None
-        self._failing_since: float | None = None
+        self._unreadable = Outage(peer_timeout)  # the bucket will not let us read the heartbeat
 
     def check(self) -> Status | None:
         """Reads the peer's heartbeat (at most every min_poll s) and raises if it is not alive."""
@@ -178,15 +183,13 @@ class PeerWatch:
         except Exception as error:
             if not storage.is_transient(error):
                 raise
-            self._read_error = storage.describe_error(error)
-            self._failing_since = self._failing_since or attempt  # since the failing call began
-            log.warning("cannot read %s: %s (no news yet)", self.url, self._read_error)
+            self._unreadable.failed(error, began=attempt)  # since the failing call began
+            log.warning("cannot read %s: %s (no news yet)", self.url, self._unreadable.describe())
             return None, False
-        if self._failing_since is not None:
+        if self._unreadable.ended():
             # The bucket is back: the peer's writes failed as ours did, and its next one may
             # still sit in gcsfs's backoff. Its silence counts from now, not from before.
             self.last_change = time.monotonic()
-        self._read_error, self._failing_since = None, None
         return status, True
 
     def _observe(self, status: Status | None, now: float) -> None:
@@ -194,10 +197,10 @@ class PeerWatch:
             self.last, self.last_change = status, now
 
     def _judge(self, now: float) -> Status | None:
-        if self._failing_since is not None and now - self._failing_since > self.peer_timeout:
+        if self._unreadable.lasted(now) > self.peer_timeout:
             raise PeerError(f"cannot read the {self.peer}'s heartbeat {self.url}: the bucket kept failing for "
-                            f"{now - self._failing_since:.0f} s (--peer-timeout {self.peer_timeout:.0f} s): "
-                            f"{self._read_error}")
+                            f"{self._unreadable.lasted(now):.0f} s (--peer-timeout {self.peer_timeout:.0f} s): "
+                            f"{self._unreadable.describe()}")
         last = self.last
         if last is not None and last.state == "failed" and last.time < self.process_started - CLOCK_SKEW_S:
             if now - self.started > self.start_timeout:
@@ -210,6 +213,9 @@ class PeerWatch:
                                 f"within {self.start_timeout:.0f} s (--start-timeout)")
             return None
         silent = now - self.last_change
+        if last.final:
+            raise PeerFailedFinally(f"the {self.peer} failed with exit code {last.exit_code} (invalid input; it will "
+                                    f"not be retried): {last.message or 'no message'}")
         if last.state == "failed":
             if silent > self.peer_timeout:
                 raise PeerError(f"the {self.peer} failed: {last.message or 'no message'} (no new attempt within "

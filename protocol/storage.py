@@ -25,22 +25,23 @@ import socket
 from collections.abc import Callable
 from typing import TypeVar
 
-from .backends import GCSBackend, resolve
+from .backends import Backend, GCSBackend, resolve
 from .errors import AlreadyPublished, BucketUnavailable, InvalidInput, describe_error
-from .faults import is_transient, polling, retrying, setting
+from .faults import configure, is_transient, polling, retrying, setting
 from .messages import Message
-from .polls import set_poll_patience, wait_until
+from .polls import wait_until
 from .urls import absolute, join, parent, sibling
 
 __all__ = [  # the facade: what callers use, wherever it lives
     "absolute", "join", "parent", "sibling", "describe_error", "is_transient", "polling", "retrying", "setting",
     "read_bytes", "read_message", "write_bytes", "publish_once", "overwrite", "exists", "listdir", "delete",
-    "ensure_writable", "wait_until", "wait_for", "set_poll_patience",
+    "ensure_writable", "wait_until", "wait_for", "configure", "put_tree", "get_tree",
 ]
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 Payload = bytes | Message
 
 
@@ -72,7 +73,7 @@ def write_bytes(url: str, data: bytes | ctypes.Array, crc32c: int | None = None)
     """
     backend, path = resolve(url)
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
-        reported = retrying(lambda: backend.write(path, data), url)
+        reported = _writing(backend, lambda: backend.write(path, data), url)
         if crc32c is None or not isinstance(backend, GCSBackend):
             return
         if reported is None:
@@ -94,7 +95,7 @@ def publish_once(url: str, payload: Payload) -> None:
     backend, path = resolve(url)
     data = _as_bytes(payload)
     try:
-        retrying(lambda: backend.create_only(path, data), url)
+        _writing(backend, lambda: backend.create_only(path, data), url)
     except FileExistsError:
         if read_bytes(url) != data:
             raise AlreadyPublished(f"{url} is already published") from None
@@ -106,7 +107,7 @@ def overwrite(url: str, payload: Payload) -> None:
     """Atomic replace (heartbeats): readers see the old or the new document, never a mix."""
     backend, path = resolve(url)
     data = _as_bytes(payload)
-    retrying(lambda: backend.replace(path, data), url)
+    _writing(backend, lambda: backend.replace(path, data), url)
 
 
 def exists(url: str) -> bool:
@@ -136,13 +137,14 @@ def delete(url: str) -> None:
             backend.fs.rm(path, recursive=True)
         except FileNotFoundError:
             pass
-    retrying(rm, url)
+    _writing(backend, rm, url)
 
 
 def ensure_writable(url: str) -> None:
     """Fails fast, with exit code 2, when the run directory cannot be written.
 
-    A missing bucket or a denied write would otherwise surface later as retries. The write
+    A missing bucket would otherwise surface later as retries. A denied write (403) is waited
+    out for Patience.permission (a fresh grant takes minutes), then PermissionDenied. The write
     probe decides: a bucket that takes a write is usable whatever its metadata GET says (a
     service account with roles/storage.objectUser may not read bucket metadata). Only a bucket
     whose metadata does say zonal is refused (see protocol.backends).
@@ -150,7 +152,7 @@ def ensure_writable(url: str) -> None:
     backend = resolve(url)[0]
     probe = join(url, f".write-probe-{socket.gethostname()}-{os.getpid()}")
     try:
-        retrying(lambda: backend.prepare(url), url)
+        _writing(backend, lambda: backend.prepare(url), url)
         write_bytes(probe, b"ok")
         delete(probe)
     except (OSError, ValueError) as error:
@@ -163,6 +165,36 @@ def ensure_writable(url: str) -> None:
 def wait_for(url: str, timeout: float, describe: str, check: Callable[[], None] | None = None) -> None:
     """Polls until url exists (see wait_until)."""
     wait_until(lambda: exists(url), timeout, f"{describe} ({url})", check)
+
+
+def put_tree(local_dir: str, url: str) -> int:
+    """Copies every file under the local folder to url (local or gs://); returns how many."""
+    count = 0
+    for folder, _, files in os.walk(local_dir):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                write_bytes(join(url, *os.path.relpath(path, local_dir).split(os.sep)), f.read())
+            count += 1
+    return count
+
+
+def get_tree(url: str, local_dir: str) -> int:
+    """Copies every file under url (local or gs://) into the local folder; returns how many."""
+    backend, root = resolve(url)
+    count = 0
+    for path in retrying(lambda: backend.fs.find(root), url):
+        target = os.path.join(local_dir, *posixpath.relpath(path, root).split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(retrying(lambda: backend.fs.cat_file(path), url))
+        count += 1
+    return count
+
+
+def _writing(backend: Backend, action: Callable[[], T], url: str) -> T:
+    """A write: transient errors retried, and a 403 waited out while permissions may be spreading."""
+    return retrying(action, url, write=True, principal=backend.principal)
 
 
 def _as_bytes(payload: Payload) -> bytes:

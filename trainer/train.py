@@ -51,8 +51,8 @@ log = logging.getLogger("ncf.trainer")
 def main(argv: list[str]) -> None:
     config = parse_args(argv)
     run = RunDir(config.data_dir)
+    storage.configure(poll=config.peer_timeout)  # polls treat bucket errors as no news this long
     storage.ensure_writable(run.url)
-    storage.set_poll_patience(config.peer_timeout)  # polls treat bucket errors as no news this long
     command = publish_or_resume(run, config)
     child = spawn_generator(config) if config.spawn_generator else None
     try:
