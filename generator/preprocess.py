@@ -13,6 +13,7 @@ published beside meta.json (dataset/ids/), so the served model takes raw ids.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,44 @@ class Dataset:
     @property
     def raw_item_ids(self) -> np.ndarray:
         return np.arange(self.num_items, dtype=np.int64) if self.item_ids is None else self.item_ids
+
+    def meta(self, run_id: str) -> DatasetMeta:
+        return self.index().meta(run_id)
+
+    def index(self) -> DatasetIndex:
+        """Its sizes, with every user a block of its own."""
+        return DatasetIndex(name=self.name, fingerprint=self.fingerprint, num_users=self.num_users,
+                            num_items=self.num_items, num_ratings=self.num_ratings,
+                            block_users=np.arange(self.num_users + 1), block_train=self.train_counts)
+
+    def users(self, first: int, last: int) -> Dataset:
+        """Users first..last-1 alone (user u of the result is user first + u of this one)."""
+        indptr = self.indptr
+        return dataclasses.replace(
+            self, num_users=last - first, train_counts=self.train_counts[first:last],
+            train_items=self.train_items[indptr[first]:indptr[last]], holdout=self.holdout[first:last],
+            user_ids=None if self.user_ids is None else self.user_ids[first:last])
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """What every generator pod knows of a dataset before loading any of its users: the sizes, and
+    blocks of dense user ids that load on their own (datasets.load_users), with their training
+    positives. Slices of an epoch (contiguous user ranges balanced by positives) are cut at
+    block bounds. A dataset held in memory has one block per user; MovieLens 1B has one per
+    published shard."""
+
+    name: str
+    fingerprint: str
+    num_users: int
+    num_items: int
+    num_ratings: int  # raw rows read
+    block_users: np.ndarray  # int64 [num_blocks + 1]: block b holds users block_users[b]:block_users[b + 1]
+    block_train: np.ndarray  # int64 [num_blocks]: training positives per block
+
+    @property
+    def num_train(self) -> int:
+        return int(self.block_train.sum())
 
     def meta(self, run_id: str) -> DatasetMeta:
         return DatasetMeta(run_id=run_id, dataset=self.name, fingerprint=self.fingerprint,

@@ -55,12 +55,12 @@ def synthetic_source(name: str) -> Source:
 
 def generate(recipe: Recipe) -> RawRatings:
     rng = np.random.default_rng(recipe.seed)
-    catalogue = _Catalogue(recipe, rng)
+    catalogue = Catalogue(recipe, rng)
     user_cluster = rng.integers(0, recipe.clusters, recipe.users)
     extra = np.exp(rng.normal(np.log(recipe.median_extra), recipe.spread, recipe.users))
     draws = MIN_RATINGS + np.minimum(extra, recipe.items // 4).astype(np.int64)
     user = np.repeat(np.arange(recipe.users), draws)
-    pairs = _distinct(np.sort(user * recipe.items + catalogue.draw(user_cluster[user], rng)))  # drops repeats
+    pairs = distinct(np.sort(user * recipe.items + catalogue.draw(user_cluster[user], rng)))  # drops repeats
     user, item = np.divmod(pairs, recipe.items)
     user, item = _top_up(user, item, recipe, rng)
     user, item = _cover_every_item(user, item, recipe, rng)
@@ -69,7 +69,7 @@ def generate(recipe: Recipe) -> RawRatings:
     return RawRatings(user + 1, item + 1, timestamp, recipe.fingerprint)
 
 
-class _Catalogue:
+class Catalogue:
     """Samples items by popularity, either from one cluster or from all items.
 
     Sampling looks a uniform draw up in an inverse-CDF table (a quantized CDF): one
@@ -102,7 +102,7 @@ def _inverse_cdf_table(items: np.ndarray, popularity: np.ndarray, size: int) -> 
     return items[np.minimum(picks, len(items) - 1)]
 
 
-def _distinct(sorted_values: np.ndarray) -> np.ndarray:
+def distinct(sorted_values: np.ndarray) -> np.ndarray:
     # np.unique is very slow on large arrays in recent numpy; sort + mask is not.
     return sorted_values[np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]])]
 
