@@ -12,13 +12,11 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
 from protocol import AlreadyPublished, Command, DatasetMeta, InvalidInput, PartInfo, Ready, RunDir, parts, storage
 from protocol.cli import duration
-from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S
 from protocol.messages import IdMaps, differences
 from protocol.runfiles import epoch_folders, epoch_numbers
 from protocol.peer import Heartbeat, PeerWatch
@@ -26,21 +24,10 @@ from protocol.peer import Heartbeat, PeerWatch
 from . import evaldata
 from .datasets import prepare
 from .preprocess import Dataset
-from .sampling import DEFAULT_PART_EXAMPLES, DEFAULT_UPLOAD_CONCURRENCY, EpochUpload, EpochWriter
+from .config import Options
+from .sampling import EpochUpload, EpochWriter
 
 log = logging.getLogger("ncf.generator")
-
-
-@dataclass(frozen=True)
-class Options:
-    data_dir: str
-    workers: int = 1
-    start_timeout: float = START_TIMEOUT_S
-    peer_timeout: float = PEER_TIMEOUT_S
-    heartbeat_interval: float = HEARTBEAT_INTERVAL_S
-    cache_dir: str | None = None
-    part_examples: int = DEFAULT_PART_EXAMPLES
-    upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY
 
 
 def default_cache_dir(data_dir: str) -> str:
@@ -50,8 +37,8 @@ def default_cache_dir(data_dir: str) -> str:
 
 def generate(options: Options) -> None:
     run = RunDir(options.data_dir)
-    storage.configure(poll=options.peer_timeout)
     storage.ensure_writable(run.url)
+    storage.set_poll_patience(options.peer_timeout)
     with Heartbeat(run, "generator", options.heartbeat_interval) as beat:
         trainer = PeerWatch(run, "trainer", options.start_timeout, options.peer_timeout)
         beat.update(state="waiting", message="waiting for command.json from the trainer")

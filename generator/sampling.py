@@ -40,14 +40,11 @@ from protocol import InvalidInput, PartInfo, RunDir, parts, storage
 from protocol.parts import id_dtype
 
 from . import kernels
+from .config import DEFAULT_PART_EXAMPLES, DEFAULT_UPLOAD_CONCURRENCY
 from .preprocess import Dataset
 
 CHUNK_POSITIVES = 1 << 15  # about 1.3 MB of examples with 4 negatives: stays in a core's L2
 SLICE_EXAMPLES = 1 << 17  # 1 MB
-DEFAULT_PART_EXAMPLES = 1_000_000
-# Measured with bench/bucket.py through the chaos bucket shaped to 25 MB/s + 20 ms per
-# connection: 16 in flight reach the 2-core machine's limit (8 do not fill the link).
-DEFAULT_UPLOAD_CONCURRENCY = 16
 
 # What a random stream is for: SeedSequence([seed, epoch, purpose]), then one per chunk or slice.
 NEGATIVES, SPLIT, SLICE = 0, 1, 2

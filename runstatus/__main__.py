@@ -8,7 +8,7 @@ import sys
 import time
 
 from protocol import RunDir
-from protocol.cli import run
+from protocol.cli import Parser, positive, run
 
 from .render import render
 from .snapshot import FINAL_STATES, check_run_dir, read_snapshot
@@ -18,7 +18,7 @@ EXIT_RUN_FAILED = 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ncf-status",
         description="Shows the state of an ncf-tandem run: command, both sides' heartbeats, "
                     "epochs generated/ready/consumed, per-epoch metrics, ETA and result. "
@@ -29,8 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("run_dir", metavar="DIR", help="the run directory: a local path or gs://bucket/prefix")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (with --watch: one per line) instead of the screen")
-    parser.add_argument("--watch", nargs="?", type=_positive_seconds, const=5.0, default=None, metavar="SECONDS",
-                        help="redraw every SECONDS (default 5) until the run is done or failed, or Ctrl-C")
+    parser.add_argument("--watch", nargs="?", type=positive(float), const=5.0, default=None,
+                        metavar="SECONDS", help="redraw every SECONDS (default 5) until the run is done or failed, "
+                                                "or Ctrl-C; write DIR before --watch")
     parser.add_argument("--namespace", help="also show the release's Jobs and pods in this namespace")
     parser.add_argument("--release", help="the Helm release name (with --namespace)")
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, "
@@ -39,18 +40,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if (args.namespace is None) != (args.release is None):
         parser.error("--namespace and --release go together")
     return args
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        # `ncf-status --watch DIR` lands here: --watch takes an optional number.
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r} "
-                                         f"(write DIR before --watch)") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
-    return value
 
 
 def show_once(args: argparse.Namespace, run_dir: RunDir, clear: bool) -> str:

@@ -20,7 +20,7 @@ from testkit.generator_support import (
 )
 from testkit.jobs import ready_epochs, wait_until
 
-from generator import __main__ as generator_cli
+from generator import config as generator_config
 from protocol import Ready, RunDir, parts, storage
 
 # The generator's CLI as a process, seconds per test: the fast loop has the generator's units.
@@ -182,5 +182,5 @@ def test_workers_default_to_the_cpus_the_container_may_use(tmp_path, monkeypatch
     path = tmp_path / "cpu.max"
     if cpu_max is not None:
         path.write_text(cpu_max)
-    monkeypatch.setattr(generator_cli, "CGROUP_CPU_MAX", str(path))
-    assert generator_cli.usable_cpus() == expected(len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(generator_config, "CGROUP_CPU_MAX", str(path))
+    assert generator_config.usable_cpus() == expected(len(os.sched_getaffinity(0)))

@@ -208,7 +208,7 @@ def config(url, *extra):
     return parse_args(["--data-dir", url, "--dataset", "synthetic-small", *extra])
 
 
-def test_dataset_defaults_and_overrides(tmp_path):
+def test_dataset_defaults_and_overrides(tmp_path, capsys):
     from trainer.config import parse_args
 
     small = config(str(tmp_path))
@@ -222,8 +222,11 @@ def test_dataset_defaults_and_overrides(tmp_path):
         (2048, 0.0005, 64, [256, 256, 128, 64], 4, 20)
     custom = config(str(tmp_path), "--layers", "32,16", "--batch-size", "512", "--mf-dim", "8")
     assert (custom.layers, custom.batch_size, custom.mf_dim) == ([32, 16], 512, 8)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(SystemExit) as error:
         config(str(tmp_path), "--layers", "31,16")
+    assert error.value.code == 2
+    assert capsys.readouterr().err == ("ncf-trainer: --layers: expected the first width to be even (the user "
+                                       "and the item embedding side by side), got 31\n")
 
 
 def test_command_publish_resume_mismatch(run_url):

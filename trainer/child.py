@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import signal
 import subprocess
 import sys
 
-from protocol import MessageError, PeerError, RunDir, Status, storage
+from protocol import MessageError, PeerError, RunDir, Status, flags, storage
 
-from .config import Config
+from .config import GENERATOR_PREFIX, Config, generator_rows
 
 log = logging.getLogger("ncf.trainer")
 
@@ -24,16 +25,23 @@ def _die_with_parent() -> None:
 
 
 def spawn_generator(config: Config) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "generator", "--data-dir", config.data_dir,
-            "--heartbeat-interval", str(config.heartbeat_interval), "--peer-timeout", str(config.peer_timeout),
-            "--start-timeout", str(config.start_timeout)]
-    if config.generator_workers:
-        argv += ["--workers", str(config.generator_workers)]
+    argv = [sys.executable, "-m", "generator", *generator_args(config)]
     log.info("starting the generator: %s", " ".join(argv))
     # stdout/stderr inherited: the child's log lines go to the same stderr.
     child = subprocess.Popen(argv, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     child.status_url = RunDir(config.data_dir).status("generator")  # where its own last words are
     return child
+
+
+def generator_args(config: Config) -> list[str]:
+    """The generator's flags from the trainer's: the ones both have (--data-dir, the timeouts),
+    and every --generator-NAME given as --NAME."""
+    args = []
+    for row in generator_rows():
+        name = row.name.removeprefix(GENERATOR_PREFIX)
+        value = config.generator.get(name) if row.name.startswith(GENERATOR_PREFIX) else getattr(config, name)
+        args += flags.to_argv(dataclasses.replace(row, name=name), value)
+    return args
 
 
 def check_alive(child: subprocess.Popen | None) -> None:

@@ -1,21 +1,38 @@
-"""The trainer's configuration: plain values, per-dataset presets, and the command line.
+"""The trainer's configuration: the one table of its flags (`Config`), per-dataset presets, parse_args.
 
 Model settings depend on the dataset: MLPerf's reference settings for the ml-20m-sized
 sets, the NCF paper's untuned settings for the small ones (DESIGN.md "Reference
 numbers"). Every one can be overridden by its flag. What the command says (negatives,
-eval protocol, seed, buffer) defaults to `protocol.messages.Command`'s values, and the
-timeouts to `protocol.defaults`: each default is written once.
+eval protocol, seed, buffer) defaults to `protocol.messages.Command`'s values and bounds,
+and the timeouts to `protocol.defaults`: each default is written once.
+
+How to add a flag (here, or in generator/config.py for ncf-generator; protocol/flags.py
+says how a field becomes a flag):
+1. One row: a field of `Config` declared with `flag(default, help=..., bounds=..., chart=...)`.
+   Its annotation is its type (bool, int, float, str, list[int], a Literal of choices,
+   `X | None` for unset). The default is written there only.
+2. The chart value: `chart="training.someFlag"` names it under trainer: (under generator: for
+   the generator); add that key to charts/ncf-tandem/values.yaml (null or "": the program's
+   default) and a row to `ncf-tandem.trainer.pod` in templates/_job.tpl; or, where the chart
+   must not have one, `not_in_chart="why"`. tests/test_chart_flags.py renders the chart with a
+   value for every flag (testkit/chart_values.py) and parses the result with this parser.
+3. Regenerate what follows from the table: `python scripts/chart_flags.py` (values.schema.json
+   entries, the chart README's values table); tests/test_chart_flags.py fails until they match.
+A generator flag the trainer lacks reaches it as --generator-NAME (for --spawn-generator): nothing to do.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from protocol import Command, DatasetSpec, InvalidInput, storage
+from generator.config import Options as GeneratorOptions
+from protocol import Command, DatasetSpec, flags, storage
+from protocol.cli import NON_NEGATIVE, POSITIVE, Bounds, Parser
 from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S
-from protocol.messages import DATASETS, EVAL_MODES
+from protocol.flags import flag
+from protocol.messages import DATASETS, DatasetName, EvalMode
 
 LARGE = dict(batch_size=2048, eval_batch_size=1_000_000, learning_rate=0.0005, mf_dim=64,
              layers=[256, 256, 128, 64], epochs=20, l2=0.0)
@@ -34,40 +51,84 @@ PRESETS = {"ml-20m": LARGE, "synthetic-20m": LARGE, "ml-1m": SMALL, "ml-100k": M
 assert set(PRESETS) == set(DATASETS), "every dataset needs a preset"
 
 
-def _command_default(name: str):
-    return next(f.default for f in dataclasses.fields(Command) if f.name == name)
+# Part reads in flight: one GCS connection moves 60-200 MB/s.
+DEFAULT_READ_CONCURRENCY = 16
+PRESET = "the dataset's preset"
+ExportMode = Literal["best", "last"]
+CHART_RUNS_THE_GENERATOR = "the chart runs the generator as its own Job (values under generator:)"
+
+
+def _command_field(name: str) -> dataclasses.Field:
+    (field,) = [f for f in dataclasses.fields(Command) if f.name == name]
+    return field
+
+
+def _from_command(name: str, **kwargs: Any) -> Any:
+    """A flag that sets a field of command.json: its default and its minimum are the Command's."""
+    field = _command_field(name)
+    return flag(field.default, bounds=Bounds(field.metadata["min"]), **kwargs)
 
 
 @dataclass
 class Config:
-    data_dir: str
-    dataset: str
-    ratings: str | None = None
-    epochs: int = LARGE["epochs"]
-    batch_size: int = LARGE["batch_size"]
-    eval_batch_size: int = LARGE["eval_batch_size"]  # candidate scores per evaluation step (whole users)
-    num_neg: int = _command_default("num_neg")
-    eval_negatives: int = _command_default("eval_negatives")
-    eval_mode: str = _command_default("eval_mode")
-    learning_rate: float = LARGE["learning_rate"]
-    mf_dim: int = LARGE["mf_dim"]
-    layers: list[int] = dataclasses.field(default_factory=lambda: list(LARGE["layers"]))
-    l2: float = LARGE["l2"]  # L2 penalty on the embeddings per batch
-    seed: int = _command_default("seed")
-    target_hr: float | None = None
-    buffer_epochs: int = _command_default("buffer_epochs")
-    mixed_precision: bool = False
-    xla: bool = False
-    export: str = "best"  # which epoch's weights go to model/: the best HR@10 or the last (trainer/train.py)
-    spawn_generator: bool = False
-    generator_workers: int | None = None
-    start_timeout: float = START_TIMEOUT_S
-    peer_timeout: float = PEER_TIMEOUT_S
-    heartbeat_interval: float = HEARTBEAT_INTERVAL_S
-    steps_per_execution: int = 16  # batches per tf.data element and per compiled call (less overhead per step)
-    read_concurrency: int = 16  # part reads in flight (one GCS connection moves 60-200 MB/s)
-    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always checkpoints)
-    checkpoint_every_minutes: float | None = None  # or: at most this often, by the clock
+    data_dir: str = flag(help="run directory: local path or gs://bucket/prefix",
+                         not_in_chart="dataDir: the run directory both Jobs share")
+    dataset: DatasetName = flag(help="which dataset to train on", chart="training.dataset")
+    ratings: str | None = flag(None, help="raw ratings file (local or gs://) for MovieLens sets; default: download",
+                               chart="training.ratings")
+    # Preset flags: None here, the dataset's value filled in by parse_args.
+    epochs: int = flag(None, help="passes over the training data", bounds=POSITIVE, default_text=PRESET,
+                       chart="training.epochs")
+    batch_size: int = flag(None, help="training examples per step", bounds=POSITIVE, default_text=PRESET,
+                           chart="training.batchSize")
+    eval_batch_size: int = flag(None, help="candidate scores per evaluation step (whole users)", bounds=POSITIVE,
+                                default_text=PRESET, chart="training.evalBatchSize")
+    num_neg: int = _from_command("num_neg", help="training negatives per positive", chart="training.numNeg")
+    eval_negatives: int = _from_command("eval_negatives", help="negatives ranked against each held-out item",
+                                        chart="training.evalNegatives")
+    eval_mode: EvalMode = flag(_command_field("eval_mode").default,
+                               help="mlperf (negatives may repeat) or paper (distinct, unrated)",
+                               chart="training.evalMode")
+    learning_rate: float = flag(None, help="Adam's learning rate", bounds=POSITIVE, default_text=PRESET,
+                                chart="training.learningRate")
+    mf_dim: int = flag(None, help="GMF embedding size", bounds=POSITIVE, default_text=PRESET, chart="training.mfDim")
+    layers: list[int] = flag(None, help="MLP widths, e.g. 64,32,16,8 (the first is the concatenated embedding, "
+                                        "so even)", bounds=POSITIVE, default_text=PRESET, chart="training.layers")
+    l2: float = flag(None, help="L2 penalty on the embeddings per batch", bounds=NON_NEGATIVE, default_text=PRESET,
+                     chart="training.l2")
+    seed: int = _from_command("seed", help="seed of the split, the sampling and the initial weights",
+                              chart="training.seed")
+    target_hr: float | None = flag(None, help="stop once HR@10 reaches this (MLPerf: 0.635)",
+                                   bounds=Bounds(0, 1, exclusive_minimum=True), chart="training.targetHr")
+    buffer_epochs: int = _from_command("buffer_epochs", help="epochs the generator may write ahead of the trainer",
+                                       chart="training.bufferEpochs")
+    mixed_precision: bool = flag(False, help="mixed_float16 on GPU, mixed_bfloat16 on TPU",
+                                 chart="training.mixedPrecision")
+    xla: bool = flag(False, help="compile train and eval steps with XLA", chart="training.xla")
+    export: ExportMode = flag("best", help="which epoch's weights go to model/: the best HR@10 or the last "
+                                           "(trainer/train.py)", chart="training.export")
+    spawn_generator: bool = flag(False, help="run the generator as a child process (the laptop way)",
+                                 not_in_chart=CHART_RUNS_THE_GENERATOR)
+    start_timeout: float = flag(START_TIMEOUT_S, help="seconds to wait for the generator to appear",
+                                bounds=POSITIVE, chart="timeouts.start")
+    peer_timeout: float = flag(PEER_TIMEOUT_S, help="seconds the generator's heartbeat may stay unchanged",
+                               bounds=POSITIVE, chart="timeouts.peer")
+    heartbeat_interval: float = flag(HEARTBEAT_INTERVAL_S, help="seconds between rewrites of status/trainer.json",
+                                     bounds=POSITIVE, chart="timeouts.heartbeatInterval")
+    steps_per_execution: int = flag(16, help="batches per input element and per compiled train call "
+                                             "(less overhead per step)", bounds=POSITIVE,
+                                    chart="training.stepsPerExecution")
+    read_concurrency: int = flag(DEFAULT_READ_CONCURRENCY, help="epoch part reads in flight", bounds=POSITIVE,
+                                 chart="training.readConcurrency")
+    checkpoint_every: int = flag(1, help="checkpoint every N epochs (the last epoch always checkpoints, and so "
+                                         "does an epoch after which the generator's buffer would be full of "
+                                         "epochs no checkpoint covers yet)", bounds=POSITIVE,
+                                 chart="training.checkpointEvery")
+    checkpoint_every_minutes: float | None = flag(None, help="checkpoint when this many minutes passed since the "
+                                                             "last one (instead of --checkpoint-every)",
+                                                  bounds=POSITIVE, chart="training.checkpointEveryMinutes")
+    # --generator-NAME: the generator's flags this table lacks, passed on by --spawn-generator.
+    generator: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def model_config(self) -> dict:
         """What a checkpoint must have been trained with to be resumed by these flags."""
@@ -82,75 +143,39 @@ class Config:
                        buffer_epochs=self.buffer_epochs)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ncf-trainer", description="The trainer Job: NeuMF over the generator's epochs.")
-    p.add_argument("--data-dir", required=True, help="run directory: local path or gs://bucket/prefix")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--ratings", help="raw ratings file (local or gs://) for MovieLens sets; default: download")
-    # Flags whose default is the dataset's preset (None here, filled in by parse_args).
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--eval-batch-size", type=int, help="candidate scores per evaluation step")
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--mf-dim", type=int)
-    p.add_argument("--layers", help="MLP widths, e.g. 64,32,16,8 (the first is the concatenated embedding)")
-    p.add_argument("--l2", type=float, help="L2 penalty on the embeddings")
-    defaults = Config(data_dir="", dataset="")
-    p.add_argument("--num-neg", type=int, default=defaults.num_neg)
-    p.add_argument("--eval-negatives", type=int, default=defaults.eval_negatives)
-    p.add_argument("--eval-mode", choices=EVAL_MODES, default=defaults.eval_mode)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--target-hr", type=float, help="stop once HR@10 reaches this")
-    p.add_argument("--buffer-epochs", type=int, default=defaults.buffer_epochs)
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on TPU")
-    p.add_argument("--xla", action="store_true", help="compile train and eval steps with XLA")
-    p.add_argument("--export", choices=("best", "last"), default=defaults.export,
-                   help="export the best epoch's weights (highest HR@10, the default) or the last epoch's")
-    p.add_argument("--spawn-generator", action="store_true", help="run the generator as a child process")
-    p.add_argument("--generator-workers", type=int)
-    p.add_argument("--start-timeout", type=float, default=defaults.start_timeout)
-    p.add_argument("--peer-timeout", type=float, default=defaults.peer_timeout)
-    p.add_argument("--heartbeat-interval", type=float, default=defaults.heartbeat_interval)
-    p.add_argument("--steps-per-execution", type=int, default=defaults.steps_per_execution,
-                   help="batches per input element and per compiled train call")
-    p.add_argument("--read-concurrency", type=int, default=defaults.read_concurrency,
-                   help="epoch part reads in flight (default %(default)s)")
-    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
-                   help="checkpoint every N epochs (default %(default)s; the last epoch always checkpoints, and "
-                        "so does an epoch after which the generator's buffer would be full of epochs no "
-                        "checkpoint covers yet)")
-    p.add_argument("--checkpoint-every-minutes", type=float, default=None,
-                   help="checkpoint when this many minutes passed since the last one (instead of "
-                        "--checkpoint-every)")
-    return p
+def generator_rows() -> list[flags.Row]:
+    """The generator's flags as the trainer takes them: shared ones (--data-dir, the timeouts) under
+    their own names, the others as --generator-NAME (unset: the generator's default)."""
+    own = {row.name for row in flags.rows(Config)}
+    return [row if row.name in own else
+            row.passed_on(GENERATOR_PREFIX + row.name, "with --spawn-generator, the generator", CHART_RUNS_THE_GENERATOR)
+            for row in flags.rows(GeneratorOptions)]
+
+
+GENERATOR_PREFIX = "generator_"
+
+
+def table() -> list[flags.Row]:
+    """Every flag of ncf-trainer: Config's, then the generator's it passes on."""
+    return flags.rows(Config) + [row for row in generator_rows() if row.name.startswith(GENERATOR_PREFIX)]
+
+
+def parser() -> Parser:
+    return flags.build_parser(table(), prog="ncf-trainer",
+                              description="The trainer Job: NeuMF over the generator's epochs.")
 
 
 def parse_args(argv: list[str]) -> Config:
-    values = vars(_parser().parse_args(argv))
-    preset = PRESETS[values["dataset"]]
-    try:
-        values["layers"] = [int(x) for x in values["layers"].split(",")] if values["layers"] else None
-    except ValueError:
-        raise InvalidInput(f"--layers: expected comma-separated integers, got {values['layers']!r}") from None
-    for name, default in preset.items():
+    p = parser()
+    values = vars(p.parse_args(argv))
+    generator = {name.removeprefix(GENERATOR_PREFIX): values.pop(name)
+                 for name in list(values) if name.startswith(GENERATOR_PREFIX)}
+    for name, default in PRESETS[values["dataset"]].items():
         if values[name] is None:
             values[name] = list(default) if isinstance(default, list) else default
+    if values["layers"][0] % 2:
+        p.error(f"--layers: expected the first width to be even (the user and the item embedding side by "
+                f"side), got {values['layers'][0]}")
     if values["ratings"] is not None:
         values["ratings"] = storage.absolute(values["ratings"])
-    config = Config(**values)
-    _check(config)
-    return config
-
-
-def _check(config: Config) -> None:
-    for name in ("epochs", "batch_size", "eval_batch_size", "num_neg", "eval_negatives", "mf_dim",
-                 "buffer_epochs", "steps_per_execution", "read_concurrency", "checkpoint_every"):
-        if getattr(config, name) < 1:
-            raise InvalidInput(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(config, name)}")
-    if config.checkpoint_every_minutes is not None and config.checkpoint_every_minutes <= 0:
-        raise InvalidInput(f"--checkpoint-every-minutes: expected a positive number, got "
-                           f"{config.checkpoint_every_minutes}")
-    layers = config.layers
-    if config.learning_rate <= 0 or config.l2 < 0 or any(w < 1 for w in layers) or layers[0] % 2:
-        raise InvalidInput(f"expected a positive learning rate and positive layer widths starting with an even one, "
-                           f"got --learning-rate {config.learning_rate} --layers {layers}")
+    return Config(**values, generator={k: v for k, v in generator.items() if v is not None})

@@ -18,6 +18,8 @@ import numpy as np
 
 from protocol import CorruptData, InvalidInput, PeerError, Ready, RunDir, parts, storage
 
+from .config import DEFAULT_READ_CONCURRENCY
+
 log = logging.getLogger("ncf.trainer")
 
 
@@ -30,7 +32,7 @@ def read_ready(folder: str, run_id: str, kind: str, epoch: int | None) -> Ready:
     return ready
 
 
-def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int = 16) -> dict[str, np.ndarray]:
+def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int = DEFAULT_READ_CONCURRENCY) -> dict[str, np.ndarray]:
     """Reads and verifies every listed part, `threads` in flight, straight into the named
     columns (allocated once, from the sizes ready.json lists: no concatenation, and no more
     than `threads` parts' bytes held besides the columns)."""
@@ -74,7 +76,7 @@ class Epoch:
         return len(self.label)
 
 
-def read_epoch(run: RunDir, epoch: int, run_id: str, threads: int = 16) -> Epoch:
+def read_epoch(run: RunDir, epoch: int, run_id: str, threads: int = DEFAULT_READ_CONCURRENCY) -> Epoch:
     folder = run.epoch_dir(epoch)
     ready = read_ready(folder, run_id, "train", epoch)
     cols = read_columns(folder, ready, ("user", "item", "label"), threads)
@@ -125,7 +127,7 @@ class Prefetcher:
     spawned child's exit status); it may raise PeerError, which reaches the loop via get().
     """
 
-    def __init__(self, run: RunDir, run_id: str, wait_check: Callable[[str], None], read_concurrency: int = 16):
+    def __init__(self, run: RunDir, run_id: str, wait_check: Callable[[str], None], read_concurrency: int = DEFAULT_READ_CONCURRENCY):
         self.run, self.run_id, self.wait_check = run, run_id, wait_check
         self.read_concurrency = read_concurrency
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")

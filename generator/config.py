@@ -1,0 +1,61 @@
+"""The generator's configuration: the one table of ncf-generator's flags (`Options`).
+
+It takes everything about the data from the trainer's command.json, so its flags are where the
+run lives, its timeouts and its own resources. How to add a flag: trainer/config.py (a
+generator flag's `chart=` key is under generator: in the chart's values). A flag added here
+also reaches the trainer as --generator-NAME, passed on by --spawn-generator.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from protocol.cli import POSITIVE
+from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S
+from protocol.flags import flag
+
+# cgroup v2: "<quota> <period>" in microseconds, or "max <period>". A pod's limits.cpu shows
+# only here: the CPUs a container sees (affinity) are the node's.
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+DEFAULT_PART_EXAMPLES = 1_000_000
+# Measured with bench/bucket.py through the chaos bucket shaped to 25 MB/s + 20 ms per
+# connection: 16 in flight reach the 2-core machine's limit (8 do not fill the link).
+DEFAULT_UPLOAD_CONCURRENCY = 16
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup CPU limit."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open(CGROUP_CPU_MAX) as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 here, or not this format: no limit known
+        pass
+    return cpus
+
+
+@dataclass(frozen=True)
+class Options:
+    data_dir: str = flag(help="run directory: a local path or gs://bucket/prefix",
+                         not_in_chart="dataDir: the run directory both Jobs share")
+    workers: int = flag(default_factory=usable_cpus, bounds=POSITIVE, chart="workers",
+                        default_text="the CPUs this container may use",
+                        help="worker threads for sampling and writing; does not change the output")
+    start_timeout: float = flag(START_TIMEOUT_S, bounds=POSITIVE, chart="timeouts.start",
+                                help="seconds to wait for command.json and the trainer's first heartbeat")
+    peer_timeout: float = flag(PEER_TIMEOUT_S, bounds=POSITIVE, chart="timeouts.peer",
+                               help="seconds the trainer's heartbeat may stay unchanged before giving up")
+    heartbeat_interval: float = flag(HEARTBEAT_INTERVAL_S, bounds=POSITIVE, chart="timeouts.heartbeatInterval",
+                                     help="seconds between rewrites of status/generator.json")
+    cache_dir: str | None = flag(None, chart="cacheDir", default_text="ncf-cache next to the run directory",
+                                 help="where preprocessed datasets are cached, local or gs://")
+    part_examples: int = flag(DEFAULT_PART_EXAMPLES, bounds=POSITIVE, chart="partExamples",
+                              help="training examples per part file; it is part of an epoch's byte layout, "
+                                   "so keep it fixed across restarts of one run")
+    upload_concurrency: int = flag(DEFAULT_UPLOAD_CONCURRENCY, bounds=POSITIVE, chart="uploadConcurrency",
+                                   help="part uploads in flight (measured with bench/bucket.py); at most twice "
+                                        "as many parts are held in memory; does not change the output")
