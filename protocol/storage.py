@@ -152,7 +152,7 @@ def ensure_writable(url: str) -> None:
     backend = resolve(url)[0]
     probe = join(url, f".write-probe-{socket.gethostname()}-{os.getpid()}")
     try:
-        _writing(backend, lambda: backend.prepare(url), url)
+        retrying(lambda: backend.prepare(url), url)
         write_bytes(probe, b"ok")
         delete(probe)
     except (OSError, ValueError) as error:

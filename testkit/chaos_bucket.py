@@ -4,7 +4,7 @@ faults a real bucket shows (DESIGN.md, "What a real bucket does") and counts the
     chaos = ChaosBucket(emulator_url).start()       # .url: set STORAGE_EMULATOR_HOST to it
     chaos.add(lose(name="*/ready.json", create_only=True, times=1))
     chaos.add(shape(bandwidth=25e6, latency=0.02))  # every request, every connection
-    ...; chaos.counts()  # {"lose": 1, "fail": 0, "stall": 0, "shape": 57}
+    ...; chaos.counts()  # {"lose": 1, "fail": 0, "forbid": 0, "stall": 0, "shape": 57}
     chaos.stop()
 
 A rule selects requests by method, object name (fnmatch glob, `*` also matches `/`) and
@@ -14,11 +14,13 @@ object name (all given conditions must hold). Actions:
   lose   forward, let the server commit, read its whole answer, then answer 503 (`status`) or,
          with reset=True, reset the connection;
   fail   answer `status` (429 or 503) without forwarding (the request body is read and dropped);
+  forbid answer 403 as GCS does to an identity without the IAM role (`forbid()` selects writes:
+         POST, PUT, DELETE), without forwarding; with window=(0, 30), a grant that lands after 30 s;
   stall  read the request head, answer nothing for `seconds`, then close the connection (the
          request never reaches the server);
   shape  pace this request's bodies on its connection to `bandwidth` bytes/s in each direction
          and wait `latency` s before forwarding it (a connection carries one request at a time).
-The first firing lose/fail/stall rule applies; the first firing shape rule applies as well.
+The first firing lose/fail/forbid/stall rule applies; the first firing shape rule applies as well.
 
 The object name of a request (`describe`): the path of the JSON API, media download and upload
 URLs, `name=` of an upload, the JSON metadata part of a multipart upload's body, the init request
@@ -56,7 +58,10 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
-ACTIONS = ("lose", "fail", "stall", "shape")
+ACTIONS = ("lose", "fail", "forbid", "stall", "shape")
+WRITES = ("POST", "PUT", "DELETE")
+# Who the chaos bucket says was refused (GCS names the caller in its 403 message).
+PRINCIPAL = "ncf-tandem@chaos-project.iam.gserviceaccount.com"
 CHUNK = 256 * 1024
 _OBJECT_PATH = re.compile(r"^(?:/download|/upload)?/storage/v1/b/([^/]+)/o(?:/(.+))?$")
 
@@ -75,6 +80,7 @@ class Rule:
     seconds: float = 0.0
     bandwidth: float | None = None
     latency: float = 0.0
+    message: str | None = None  # the error message of an injected answer (default: names the status)
     fired: int = field(default=0, init=False)
     added: float = field(default=0.0, init=False, repr=False)
     seen: set = field(default_factory=set, init=False, repr=False)
@@ -107,6 +113,14 @@ def lose(*, status: int = 503, reset: bool = False, **select) -> Rule:
 
 def fail(status: int = 503, **select) -> Rule:
     return Rule("fail", status=status, **select)
+
+
+def forbid(principal: str = PRINCIPAL, **select) -> Rule:
+    """403 in GCS's words for a write by an identity that lacks roles/storage.objectUser."""
+    select.setdefault("method", WRITES)
+    return Rule("forbid", status=403, message=f"{principal} does not have storage.objects.create access to the "
+                "Google Cloud Storage object. Permission 'storage.objects.create' denied on resource "
+                "(or it may not exist).", **select)
 
 
 def stall(seconds: float, **select) -> Rule:
@@ -321,9 +335,9 @@ class ChaosBucket:
         if action == "stall":
             await asyncio.sleep(fault.seconds)
             return False
-        if action == "fail":
+        if action in ("fail", "forbid"):
             await _relay(creader, None, head, _Pacer(None), prefix)
-            await self._answer(cwriter, fault.status)
+            await self._answer(cwriter, fault.status, fault.message)
             return True
         rate = shaper.bandwidth if shaper else None
         if shaper and shaper.latency:
@@ -364,9 +378,10 @@ class ChaosBucket:
         return True
 
     @staticmethod
-    async def _answer(writer, status: int):
-        reason = {429: "Too Many Requests", 503: "Service Unavailable"}.get(status, "Error")
-        body = json.dumps({"error": {"code": status, "message": f"chaos bucket: injected {status}"}}).encode()
+    async def _answer(writer, status: int, message: str | None = None):
+        reason = {403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}.get(status, "Error")
+        message = message or f"chaos bucket: injected {status}"
+        body = json.dumps({"error": {"code": status, "message": message}}).encode()
         writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         await writer.drain()

@@ -17,7 +17,7 @@ import aiohttp
 import gcsfs
 import pytest
 
-from testkit.chaos_bucket import Rule, describe, fail, lose, shape, stall
+from testkit.chaos_bucket import PRINCIPAL, Rule, describe, fail, forbid, lose, shape, stall
 
 # ---- what a request is about -------------------------------------------------------------
 
@@ -117,7 +117,7 @@ def test_without_rules_every_gcsfs_call_passes_through_unchanged(setup):
     assert fs.exists(f"{bucket}/d/big") and not fs.exists(f"{bucket}/d/nope")
     fs.rm(f"{bucket}/d", recursive=True)
     assert not direct.ls(bucket)
-    assert chaos.counts() == {"lose": 0, "fail": 0, "stall": 0, "shape": 0}
+    assert chaos.counts() == {"lose": 0, "fail": 0, "forbid": 0, "stall": 0, "shape": 0}
 
 
 def test_resumable_chunks_carry_the_name_and_create_only_of_their_upload(setup):
@@ -169,7 +169,19 @@ def test_fail_answers_without_forwarding(setup, status):
     assert not direct.exists(f"{bucket}/k")
     fs.pipe_file(f"{bucket}/j.json", b"2", mode="create")  # gcsfs retries; its first try never landed
     assert direct.cat_file(f"{bucket}/j.json") == b"2"
-    assert chaos.counts() == {"lose": 0, "fail": 2, "stall": 0, "shape": 0}
+    assert chaos.counts() == {"lose": 0, "fail": 2, "forbid": 0, "stall": 0, "shape": 0}
+
+
+def test_forbid_refuses_writes_in_gcs_words_and_lets_reads_through(setup):
+    chaos, fs, direct, bucket = setup
+    direct.pipe_file(f"{bucket}/r", b"x")
+    chaos.add(forbid())
+    with pytest.raises(OSError, match=f"Forbidden.*\n{PRINCIPAL} does not have storage.objects.create"):
+        fs.pipe_file(f"{bucket}/k", b"v")
+    with pytest.raises(OSError, match="Forbidden"):
+        fs.rm(f"{bucket}/r")
+    assert fs.cat_file(f"{bucket}/r") == b"x" and not direct.exists(f"{bucket}/k")
+    assert chaos.counts()["forbid"] == 2
 
 
 def test_fail_for_a_count(setup):
@@ -272,7 +284,7 @@ def test_shape_applies_together_with_a_fault(setup):
     chaos.add(shape(latency=0.01), fail(times=1))
     assert request("GET", object_url(chaos.url, bucket, "k")) == 503
     assert request("GET", object_url(chaos.url, bucket, "k")) == 200
-    assert chaos.counts() == {"lose": 0, "fail": 1, "stall": 0, "shape": 2}
+    assert chaos.counts() == {"lose": 0, "fail": 1, "forbid": 0, "stall": 0, "shape": 2}
 
 
 def test_rules_change_while_clients_are_busy_and_clear_keeps_the_counts(setup):
