@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from protocol.cli import POSITIVE
+from protocol.cli import NON_NEGATIVE, POSITIVE
 from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S
 from protocol.flags import flag
 
@@ -23,6 +23,11 @@ DEFAULT_PART_EXAMPLES = 1_000_000
 # Measured with bench/bucket.py through the chaos bucket shaped to 25 MB/s + 20 ms per
 # connection: 16 in flight reach the 2-core machine's limit (8 do not fill the link).
 DEFAULT_UPLOAD_CONCURRENCY = 16
+
+
+def job_completion_index() -> int:
+    """This pod's index in an Indexed Job (Kubernetes sets JOB_COMPLETION_INDEX), else 0."""
+    return int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
 
 
 def usable_cpus() -> int:
@@ -59,3 +64,10 @@ class Options:
     upload_concurrency: int = flag(DEFAULT_UPLOAD_CONCURRENCY, bounds=POSITIVE, chart="uploadConcurrency",
                                    help="part uploads in flight (measured with bench/bucket.py); at most twice "
                                         "as many parts are held in memory; does not change the output")
+    shards: int = flag(1, bounds=POSITIVE, chart="shards",
+                       help="generator pods that make the epochs together, each its own slices of users "
+                            "(DESIGN.md 'Past one pod'); the same for every pod of a run; does not change the output")
+    shard: int = flag(default_factory=job_completion_index, bounds=NON_NEGATIVE,
+                      default_text="$JOB_COMPLETION_INDEX (an Indexed Job's pod index), else 0",
+                      not_in_chart="the generator's Indexed Job gives each pod JOB_COMPLETION_INDEX",
+                      help="which of the --shards pods this is: it makes the slices s with s mod shards = shard")

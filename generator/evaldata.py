@@ -2,15 +2,16 @@
 
 `mlperf` mode draws the negatives with replacement from the items the user never rated
 (training or held out) and masks repeats after their first occurrence, as MLPerf does;
-`paper` mode draws them without replacement (mask all 1). Parts hold whole users; each
-part's draws come from an SFC64 stream seeded by (seed, part), so the data is deterministic.
+`paper` mode draws them without replacement (mask all 1). Parts hold whole users of one
+slice (generator.slices); each part's draws come from an SFC64 stream seeded by (seed,
+part), so the data is deterministic.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from protocol import Command, MessageError, PartInfo, Ready, RunDir, parts, storage
+from protocol import Command, MessageError, PartInfo, RunDir, parts, storage
 from protocol.parts import id_dtype
 
 from . import kernels
@@ -30,14 +31,25 @@ def check_feasible(dataset: Dataset, command: Command, source: str) -> None:
                            f"{dataset.num_items} items", command.eval_negatives)
 
 
-def write(run: RunDir, dataset: Dataset, command: Command) -> Ready:
-    """Writes the eval parts, then dataset/eval/ready.json (create-only)."""
-    candidates = 1 + command.eval_negatives
-    users_per_part = max(1, CELLS_PER_PART // candidates)
+def users_per_part(command: Command) -> int:
+    return max(1, CELLS_PER_PART // (1 + command.eval_negatives))
+
+
+def parts_per_slice(users: np.ndarray, command: Command) -> list[int]:
+    """Eval parts of each slice of users (users: the slices' bounds, generator.slices)."""
+    per_part = users_per_part(command)
+    return [-(-int(count) // per_part) for count in np.diff(users)]
+
+
+def write_slice(run: RunDir, dataset: Dataset, first_user: int, first_part: int, command: Command) -> list[PartInfo]:
+    """Writes the eval parts of the users of dataset (users first_user, first_user + 1, ... of the
+    whole), numbered from first_part; returns their listing. Each part's draws come from
+    a stream of (seed, part number): the same bytes however the users are sliced into pods."""
+    per_part = users_per_part(command)
     indptr = dataset.indptr
     listing: list[PartInfo] = []
-    for index, first in enumerate(range(0, dataset.num_users, users_per_part)):
-        last = min(first + users_per_part, dataset.num_users)
+    for index, first in enumerate(range(0, dataset.num_users, per_part), start=first_part):
+        last = min(first + per_part, dataset.num_users)
         seed = np.random.SeedSequence([command.seed, EVAL_STREAM, index])
         rated_indptr, rated_item = _rated(dataset, indptr, first, last)
         if command.eval_mode == "mlperf":
@@ -48,13 +60,11 @@ def write(run: RunDir, dataset: Dataset, command: Command) -> Ready:
                                                    dataset.num_items, np.random.Generator(np.random.SFC64(seed)))
         held_out = dataset.holdout[first:last, None]
         listing.append(parts.write(storage.join(run.eval_dir, RunDir.part_name(index)), {
-            "user": np.arange(first, last, dtype=np.uint32),
+            "user": np.arange(first_user + first, first_user + last, dtype=np.uint32),
             "items": np.concatenate([held_out, negatives.astype(held_out.dtype, copy=False)], axis=1),
             "mask": np.concatenate([np.ones_like(held_out, np.uint8), mask], axis=1),
         }))
-    ready = Ready(run_id=command.run_id, kind="eval", epoch=None, num_examples=dataset.num_users, parts=listing)
-    storage.publish_once(RunDir.ready(run.eval_dir), ready)
-    return ready
+    return listing
 
 
 def _rated(dataset: Dataset, indptr: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:

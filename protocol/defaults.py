@@ -11,6 +11,16 @@ PEER_TIMEOUT_S = 300.0
 # Seconds between rewrites of status/<side>.json; written into every Status.
 HEARTBEAT_INTERVAL_S = 10.0
 
+# Slices per epoch (DESIGN.md "Past one pod"), when the trainer's --slices does not say: one
+# for every set one pod holds (ml-100k to ml-20m and their synthetic peers keep the one-slice
+# epoch), 16 for MovieLens 1B: 1.2B positives in slices of about 76M, a 3 GB buffer each.
+SLICES_BY_DATASET = {"ml-20mx16x32": 16, "synthetic-20mx16x32": 16}
+
+
+def default_slices(dataset: str) -> int:
+    return SLICES_BY_DATASET.get(dataset, 1)
+
+
 # The bucket (DESIGN.md "What a real bucket does"). Each may be overridden by an environment
 # variable of the same name prefixed NCF_ (the fault tests shorten them; production never needs to).
 # Every request: seconds to open a connection, and seconds a response may go without a byte.

@@ -51,6 +51,24 @@ class RunDir:
         return join(folder, "ready.json")
 
     @staticmethod
+    def slices_dir(folder: str) -> str:
+        """Where the slice manifests of an epoch (or of the eval data) go."""
+        return join(folder, "slices")
+
+    @staticmethod
+    def slice_ready(folder: str, index: int) -> str:
+        """Slice `index`'s manifest, published by the pod that made it once its parts landed."""
+        return join(RunDir.slices_dir(folder), RunDir.slice_ready_name(index))
+
+    @staticmethod
+    def slice_ready_name(index: int) -> str:
+        return f"ready-{index:05d}.json"
+
+    def generator_status(self, shard: int, shards: int) -> str:
+        """status/generator.json of a one-pod generator, status/generator-<shard>.json of N pods."""
+        return self.status("generator" if shards == 1 else f"generator-{shard}")
+
+    @staticmethod
     def part_name(index: int) -> str:
         return f"part-{index:05d}"
 

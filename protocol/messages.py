@@ -197,6 +197,10 @@ class Command(Message):
     seed: int = at_least(0, default=0)
     buffer_epochs: int = at_least(1, default=3)
     protocol: int = PROTOCOL_VERSION
+    # Epochs are cut into this many slices of users (DESIGN.md "Past one pod"); fixed for the
+    # run. Added later: a command.json without it is of one slice.
+    slices: int = at_least(1, default=1)
+    optional_fields: ClassVar[tuple[str, ...]] = ("slices",)
 
     def validate(self, source: str) -> None:
         _check_protocol(self.protocol, source)
@@ -236,7 +240,10 @@ class PartInfo(Message):
 class Ready(Message):
     """ready.json of one epoch (kind 'train') or of the eval data (kind 'eval', epoch null).
 
-    Written last and create-only: a folder without it is unfinished and ignored.
+    Written last and create-only: a folder without it is unfinished and ignored. The same
+    record with `slice` set is one slice's manifest (slices/ready-<slice>.json in the same
+    folder), published by the pod that made the slice; the folder's ready.json then lists
+    every slice's parts in slice order and, in `slices`, each slice's number of examples.
     """
 
     source_name: ClassVar[str] = "ready.json"
@@ -247,6 +254,9 @@ class Ready(Message):
     parts: list[PartInfo] = field(default_factory=list)
     record_format: int = 1
     protocol: int = PROTOCOL_VERSION
+    slice: int | None = at_least(0, default=None)  # a slice's manifest: which slice
+    slices: list[int] = field(default_factory=list)  # examples per slice; [] (older files): one slice
+    optional_fields: ClassVar[tuple[str, ...]] = ("slice", "slices")
 
     def validate(self, source: str) -> None:
         _check_protocol(self.protocol, source)
@@ -259,6 +269,21 @@ class Ready(Message):
             raise MessageError(source, "num_examples", "the sum of the parts' num_examples", self.num_examples)
         if len({p.name for p in self.parts}) != len(self.parts):
             raise MessageError(source, "parts", "distinct part names")
+        if self.slices and not set(_cumsum(self.slices)) <= set(_cumsum(p.num_examples for p in self.parts)):
+            raise MessageError(source, "slices", "slice sizes that end on part boundaries and add up to "
+                               "num_examples", self.slices)
+
+    def slice_sizes(self) -> list[int]:
+        """Examples per slice, in the order of the parts."""
+        return self.slices or [self.num_examples]
+
+
+def _cumsum(values) -> list[int]:
+    total, out = 0, [0]
+    for value in values:
+        total += value
+        out.append(total)
+    return out
 
 
 @dataclass(frozen=True)
@@ -298,10 +323,13 @@ class Status(Message):
     # The writer's promise: readers (ncf-status, the peer) judge staleness against it.
     heartbeat_interval: float = at_least(0.0, default=HEARTBEAT_INTERVAL_S)
     protocol: int = PROTOCOL_VERSION
+    # A generator of N pods: which one wrote this (0..shards-1). Added later, hence optional.
+    shard: int = at_least(0, default=0)
+    shards: int = at_least(1, default=1)
     # When failed: the exit code the writer ends with. 2 (invalid input) is final: Kubernetes
     # never retries it, so the other side stops at once. Added later, hence optional.
     exit_code: int | None = None
-    optional_fields: ClassVar[tuple[str, ...]] = ("exit_code",)
+    optional_fields: ClassVar[tuple[str, ...]] = ("shard", "shards", "exit_code")
 
     @property
     def final(self) -> bool:
@@ -312,6 +340,8 @@ class Status(Message):
         _check_protocol(self.protocol, source)
         if self.run_id is not None:
             _check_run_id(self.run_id, source)
+        if self.shard >= self.shards:
+            raise MessageError(source, "shard", f"a number below shards ({self.shards})", self.shard)
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,15 @@ class Heartbeat:
     at most HEARTBEAT_FLUSH_S (the bucket may be down).
     """
 
-    def __init__(self, run: RunDir, side: str, interval: float = HEARTBEAT_INTERVAL_S):
-        self.url = run.status(side)
+    def __init__(self, run: RunDir, side: str, interval: float = HEARTBEAT_INTERVAL_S, shard: int = 0,
+                 shards: int = 1):
+        # A generator of N pods writes one status per pod (shard of shards).
+        self.url = run.generator_status(shard, shards) if side == "generator" else run.status(side)
         self.interval = interval
         self.spacing = min(MIN_WRITE_SPACING, interval)
         self.status = Status(side=side, state="starting", run_id=None, epoch=None, epochs_done=0,
-                             host=socket.gethostname(), pid=os.getpid(), heartbeat_interval=interval)
+                             host=socket.gethostname(), pid=os.getpid(), heartbeat_interval=interval,
+                             shard=shard, shards=shards)
         self._cond = threading.Condition()  # guards status, _version, _written, _stop
         self._version = 0  # bumped by every update that asks for a write
         self._written = -1  # the version last written

@@ -9,7 +9,7 @@ from protocol import Status
 
 from protocol.cli import duration
 
-from .snapshot import SIDES, Snapshot
+from .snapshot import Snapshot
 
 MAX_METRIC_ROWS = 20  # older epochs are summarised: the screen must fit a terminal
 
@@ -21,7 +21,7 @@ def age(seconds: float) -> str:
 def render(snapshot: Snapshot, kube_lines: list[str] | None = None) -> str:
     lines = [_title(snapshot), ""]
     lines += _command_lines(snapshot)
-    lines += [_side_line(snapshot, side) for side in SIDES]
+    lines += [_side_line(snapshot, side) for side in snapshot.status]
     lines += _progress_lines(snapshot)
     lines += _result_lines(snapshot)
     lines += _metric_lines(snapshot)
@@ -57,7 +57,7 @@ def _command_lines(snapshot: Snapshot) -> list[str]:
 
 def _side_line(snapshot: Snapshot, side: str) -> str:
     status: Status | None = snapshot.status[side]
-    label = side.capitalize().ljust(11)
+    label = (side.capitalize() + " ").ljust(11)
     if status is None:
         return f"{label}no heartbeat yet"
     epoch = f" epoch {status.epoch}" if status.epoch is not None else ""

@@ -15,6 +15,7 @@ from typing import Any
 from protocol import Command, DatasetMeta, EpochMetrics, InvalidInput, MessageError, Result, RunDir, Status
 from protocol import storage
 from protocol.runfiles import epoch_folders, read_metrics
+from protocol.shards import generator_shards
 from protocol.errors import first_line
 from protocol.messages import SIDES, Message
 
@@ -37,6 +38,7 @@ class Snapshot:
     read_at: float
     command: Command | None = None
     meta: DatasetMeta | None = None
+    # By side; a generator of N > 1 pods shows as generator-0 .. generator-<N-1> (one heartbeat each).
     status: dict[str, Status | None] = field(default_factory=lambda: dict.fromkeys(SIDES))
     epochs: EpochFiles = field(default_factory=EpochFiles)
     metrics: list[EpochMetrics] = field(default_factory=list)
@@ -51,11 +53,16 @@ class Snapshot:
         return self.command.epochs if self.command else None
 
     @property
+    def generators(self) -> list[str]:
+        """The keys of the generator's heartbeats in status: one per pod."""
+        return [side for side in self.status if side.startswith("generator")]
+
+    @property
     def epochs_generated(self) -> int:
-        # The generator's own count, or what is visible when its heartbeat lags behind.
-        status = self.status["generator"]
+        # The generator's own count (its slowest pod's), or what is visible when heartbeats lag behind.
+        made = min((s.epochs_done if s else 0) for s in map(self.status.get, self.generators))
         seen = max(self.epochs.ready, default=-1) + 1
-        return max(status.epochs_done if status else 0, seen)
+        return max(made, seen)
 
     @property
     def epochs_consumed(self) -> int:
@@ -122,7 +129,7 @@ class Snapshot:
             return m.to_dict() if m is not None else None
 
         sides = {}
-        for side in SIDES:
+        for side in self.status:
             sides[side] = message(self.status[side])
             if sides[side] is not None:
                 sides[side]["heartbeat_age_s"] = round(self.heartbeat_age(side), 1)
@@ -172,8 +179,8 @@ def read_snapshot(run: RunDir, now: float | None = None) -> Snapshot:
     snapshot = Snapshot(url=run.url, read_at=time.time() if now is None else now)
     snapshot.command = _read_optional(run.command, Command, snapshot.problems)
     snapshot.meta = _read_optional(run.meta, DatasetMeta, snapshot.problems)
-    for side in SIDES:
-        snapshot.status[side] = _read_optional(run.status(side), Status, snapshot.problems)
+    snapshot.status = {**_read_generator_pods(run, snapshot.problems),
+                       "trainer": _read_optional(run.status("trainer"), Status, snapshot.problems)}
     snapshot.epochs = _read_epoch_files(run)
     snapshot.metrics, problems = read_metrics(run.metrics)
     snapshot.problems.extend(problems)
@@ -190,6 +197,18 @@ def _read_optional(url: str, cls: type[Message], problems: list[str]) -> Any:
     except MessageError as error:
         problems.append(str(error))
         return None
+
+
+def _read_generator_pods(run: RunDir, problems: list[str]) -> dict[str, Status | None]:
+    """status/generator.json, or each pod's status/generator-<i>.json: for i below the shards
+    any of them reports (a pod that has not written one yet shows as None)."""
+    shards = generator_shards(run)
+    if not shards:
+        return {"generator": _read_optional(run.status("generator"), Status, problems)}
+    found = {f"generator-{shard}": _read_optional(run.status(f"generator-{shard}"), Status, problems)
+             for shard in shards}
+    count = max([shard + 1 for shard in shards] + [s.shards for s in found.values() if s is not None])
+    return {f"generator-{shard}": found.get(f"generator-{shard}") for shard in range(count)}
 
 
 def _read_epoch_files(run: RunDir) -> EpochFiles:

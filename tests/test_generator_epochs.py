@@ -112,9 +112,9 @@ def test_mlperf_eval_negatives_are_unrated_and_repeats_masked(ml100k_run, ml100k
 
 
 def test_paper_mode_workers_and_uploads_do_not_change_a_byte(run_url, monkeypatch):
-    # Small chunks and slices: many of each, so the two stages of the shuffle really mix.
+    # Small chunks and bins: many of each, so the two stages of the shuffle really mix.
     monkeypatch.setattr(sampling, "CHUNK_POSITIVES", 5000)
-    monkeypatch.setattr(sampling, "SLICE_EXAMPLES", 4096)
+    monkeypatch.setattr(sampling, "BIN_EXAMPLES", 4096)
     command = make_command("synthetic-small", epochs=2, eval_mode="paper", eval_negatives=999)
     one, two = run_url, run_url + "-workers"
     generate(one, command, workers=1, part_examples=50_000, upload_concurrency=1)

@@ -75,11 +75,11 @@ def test_sample_shuffled_draws_unrated_negatives_uniformly():
 
 
 def test_an_epoch_puts_each_example_anywhere_with_equal_chance(tmp_path, monkeypatch):
-    # 8 users with one positive each, 4 negatives: 40 examples in 4 chunks, 12 slices and
+    # 8 users with one positive each, 4 negatives: 40 examples in 4 chunks, 12 bins and
     # 4 parts, so every stage of the shuffle takes part. Over many epochs, where the
     # positive of user 0 and of user 7 (first and last chunk) land is uniform.
     monkeypatch.setattr(sampling, "CHUNK_POSITIVES", 2)
-    monkeypatch.setattr(sampling, "SLICE_EXAMPLES", 4)
+    monkeypatch.setattr(sampling, "BIN_EXAMPLES", 4)
     dataset = Dataset(name="synthetic-small", fingerprint="recipe:x", num_users=8, num_items=50,
                       num_ratings=16, train_counts=np.ones(8, np.int64),
                       train_items=np.arange(8, dtype=np.uint16), holdout=np.full(8, 20, np.uint16))
@@ -87,7 +87,7 @@ def test_an_epoch_puts_each_example_anywhere_with_equal_chance(tmp_path, monkeyp
     positions = {0: Counter(), 7: Counter()}
     folder = tmp_path / "epoch"
     with sampling.EpochWriter(dataset, seed=5, num_neg=4, workers=1, part_examples=10) as writer:
-        assert (writer.layout.num_chunks, writer.layout.num_slices, writer.layout.num_parts) == (4, 12, 4)
+        assert (writer.layout.num_chunks, writer.layout.num_bins, writer.layout.num_parts) == (4, 12, 4)
         for epoch in range(epochs):
             listing = writer.write(epoch, str(folder))
             columns = [parts.read(str(folder / p.name), p) for p in listing]

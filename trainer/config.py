@@ -30,7 +30,7 @@ from typing import Any, Literal
 from generator.config import Options as GeneratorOptions
 from protocol import Command, DatasetSpec, flags, storage
 from protocol.cli import NON_NEGATIVE, POSITIVE, Bounds, Parser
-from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S
+from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S, default_slices
 from protocol.flags import flag
 from protocol.messages import DATASETS, DatasetName, EvalMode
 
@@ -102,6 +102,10 @@ class Config:
                                    bounds=Bounds(0, 1, exclusive_minimum=True), chart="training.targetHr")
     buffer_epochs: int = _from_command("buffer_epochs", help="epochs the generator may write ahead of the trainer",
                                        chart="training.bufferEpochs")
+    slices: int | None = flag(None, help="slices of users each epoch is cut into (DESIGN.md 'Past one pod'): the "
+                                         "generator's pods share them out, each batch draws from all", bounds=POSITIVE,
+                              default_text="by the dataset's size: 16 for ml-20mx16x32, else 1",
+                              chart="training.slices")
     mixed_precision: bool = flag(False, help="mixed_float16 on GPU, mixed_bfloat16 on TPU",
                                  chart="training.mixedPrecision")
     xla: bool = flag(False, help="compile train and eval steps with XLA", chart="training.xla")
@@ -140,7 +144,7 @@ class Config:
         return Command(run_id=run_id, dataset=DatasetSpec(name=self.dataset, ratings=self.ratings),
                        epochs=self.epochs, num_neg=self.num_neg, train_batch_size=self.batch_size,
                        eval_negatives=self.eval_negatives, eval_mode=self.eval_mode, seed=self.seed,
-                       buffer_epochs=self.buffer_epochs)
+                       buffer_epochs=self.buffer_epochs, slices=self.slices or default_slices(self.dataset))
 
 
 def generator_rows() -> list[flags.Row]:

@@ -3,6 +3,10 @@
 Everything is read through protocol (sizes and CRC32C verified, foreign run_ids refused).
 Epoch k + 1 is read by a background thread while epoch k trains; the seconds the training
 loop waits for it are what metrics.jsonl reports as data_wait_s.
+
+An epoch of several slices (DESIGN.md "Past one pod": each a shuffled range of users) is
+interleaved as it is read (Interleave): every part lands straight at its examples' places,
+so each batch draws from every slice in proportion to the slice's size.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,13 +37,17 @@ def read_ready(folder: str, run_id: str, kind: str, epoch: int | None) -> Ready:
     return ready
 
 
-def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int = DEFAULT_READ_CONCURRENCY) -> dict[str, np.ndarray]:
+def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int = DEFAULT_READ_CONCURRENCY,
+                 interleave: Interleave | None = None) -> dict[str, np.ndarray]:
     """Reads and verifies every listed part, `threads` in flight, straight into the named
     columns (allocated once, from the sizes ready.json lists: no concatenation, and no more
-    than `threads` parts' bytes held besides the columns)."""
+    than `threads` parts' bytes held besides the columns): in the listed order, or each part's
+    examples at their places in the interleaved epoch."""
     if not ready.parts:
         raise CorruptData(f"{RunDir.ready(folder)} lists no parts")
     offsets = np.concatenate([[0], np.cumsum([info.num_examples for info in ready.parts])])
+    part_runs = interleave.part_runs(ready) if interleave is not None \
+        else lambda k: [Run(offsets[k], 0, offsets[k + 1] - offsets[k])]
     out: dict[str, np.ndarray] = {}
     allocate = threading.Lock()
 
@@ -52,16 +61,98 @@ def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int
         with allocate:
             if not out:
                 out.update({n: np.empty((offsets[-1], *columns[n].shape[1:]), columns[n].dtype) for n in names})
+        runs = part_runs(index)
         for name in names:
             source, target = columns[name], out[name]
             if source.dtype != target.dtype or source.shape[1:] != target.shape[1:]:
                 raise CorruptData(f"{folder}: column {name!r} differs across parts ({source.dtype}{list(source.shape[1:])}"
                                   f" in {info.name}, {target.dtype}{list(target.shape[1:])} in another)")
-            target[offsets[index]:offsets[index + 1]] = source
+            for run in runs:
+                target[run.target:run.target + run.count] = source[run.source:run.source + run.count]
 
     with ThreadPoolExecutor(max(1, min(threads, len(ready.parts))), thread_name_prefix="read") as pool:
         list(pool.map(one, range(len(ready.parts))))
     return out
+
+
+class Interleave:
+    """The order in which an epoch of S slices is trained: each batch of batch_size draws from
+    every slice in proportion to its size, a stratified sample of the epoch (its slices are
+    ranges of users, so slice after slice would train on one range of users at a time).
+
+    The epoch is the merge of the slices by the key (i + 1/2) / n_s of example i of slice s (n_s
+    its size; ties to the lower s): every prefix of it, and so every batch, holds as near
+    t * n_s / n of slice s as whole examples allow (Webster's apportionment, which never takes
+    one back as t grows). Kept per batch, not per example: taken[b, s] examples of slice s come
+    before batch b, and within a batch each slice's run follows the previous slice's. A part
+    is scattered straight to its places, so no epoch-sized permutation exists; with one slice
+    every place is the part's own (the order of the parts).
+    """
+
+    def __init__(self, sizes: list[int], batch_size: int):
+        self.sizes, self.batch_size = np.asarray(sizes, np.int64), batch_size
+        self.taken = _apportion(self.sizes, batch_size)
+        # Where slice s's run starts within batch b: after the runs of slices before it.
+        within = np.diff(self.taken, axis=0)
+        self.run_starts = np.cumsum(within, axis=1) - within
+
+    @staticmethod
+    def of(sizes: list[int], batch_size: int) -> Interleave | None:
+        """None for one slice: then the epoch is trained in the order of its parts."""
+        return Interleave(sizes, batch_size) if len(sizes) > 1 else None
+
+    def runs(self, s: int, start: int, stop: int) -> list[Run]:
+        """Where examples start..stop-1 of slice s go in the epoch: one run per batch they meet."""
+        taken = self.taken[:, s]
+        first, last = np.searchsorted(taken, [start, stop - 1], side="right") - 1
+        batches = np.arange(first, last + 1)
+        begins = np.maximum(taken[batches], start)
+        counts = np.minimum(taken[batches + 1], stop) - begins
+        targets = batches * self.batch_size + self.run_starts[batches, s] + begins - taken[batches]
+        return [Run(int(to), int(begin - start), int(count))
+                for to, begin, count in zip(targets, begins, counts) if count]
+
+    def part_runs(self, ready: Ready) -> Callable[[int], list[Run]]:
+        """Listed part k -> its runs (ready.json lists the slices' parts in slice order)."""
+        slice_starts = np.cumsum([0, *ready.slice_sizes()])
+        part_starts = np.cumsum([0, *(info.num_examples for info in ready.parts)])
+        part_slices = np.searchsorted(slice_starts, part_starts[:-1], side="right") - 1
+
+        def runs(k: int) -> list[Run]:
+            s = part_slices[k]
+            return self.runs(s, part_starts[k] - slice_starts[s], part_starts[k + 1] - slice_starts[s])
+        return runs
+
+
+class Run(NamedTuple):
+    """count examples of a part, from its example `source` on, go to the epoch's `target` on."""
+
+    target: int
+    source: int
+    count: int
+
+
+def _apportion(sizes: np.ndarray, batch_size: int) -> np.ndarray:
+    """int64 [batches + 1, S]: row b is the merge's first min(b * batch_size, n) examples, counted
+    per slice. Rounding t * n_s / n to the nearest takes every key up to t / n; the few seats
+    that leaves over or under go to the next keys in line, or come off the last ones taken."""
+    total = int(sizes.sum())
+    ends = np.minimum(np.arange(0, total + batch_size, batch_size, dtype=np.int64), total)
+    share = sizes / total
+    taken = np.minimum(np.floor(ends[:, None] * share + 0.5).astype(np.int64), sizes)
+    for _ in range(len(sizes) + 1):
+        short = ends - taken.sum(axis=1)
+        if not short.any():
+            return taken
+        next_key = np.where(taken < sizes, (taken + 0.5) / sizes, np.inf)
+        last_key = np.where(taken > 0, (taken - 0.5) / sizes, -np.inf)
+        rows = np.arange(len(ends))
+        grow, shrink = short > 0, short < 0
+        taken[rows[grow], np.argmin(next_key[grow], axis=1)] += 1
+        # The last key taken: the largest, and among equal ones the higher slice (ties go low first).
+        last = len(sizes) - 1 - np.argmax(last_key[shrink][:, ::-1], axis=1)
+        taken[rows[shrink], last] -= 1
+    raise AssertionError("apportionment did not converge")  # at most S seats are off per row
 
 
 @dataclass
@@ -76,10 +167,14 @@ class Epoch:
         return len(self.label)
 
 
-def read_epoch(run: RunDir, epoch: int, run_id: str, threads: int = DEFAULT_READ_CONCURRENCY) -> Epoch:
+def read_epoch(run: RunDir, epoch: int, run_id: str, threads: int = DEFAULT_READ_CONCURRENCY,
+               batch_size: int | None = None) -> Epoch:
+    """Epoch `epoch`'s examples, its slices interleaved for batches of batch_size (None: the
+    parts in the order listed, for readers that do not train)."""
     folder = run.epoch_dir(epoch)
     ready = read_ready(folder, run_id, "train", epoch)
-    cols = read_columns(folder, ready, ("user", "item", "label"), threads)
+    interleave = None if batch_size is None else Interleave.of(ready.slice_sizes(), batch_size)
+    cols = read_columns(folder, ready, ("user", "item", "label"), threads, interleave)
     for name in ("user", "item", "label"):
         if cols[name].ndim != 1:
             raise CorruptData(f"{folder}: column {name!r} should be one-dimensional, has shape {cols[name].shape}")
@@ -127,9 +222,10 @@ class Prefetcher:
     spawned child's exit status); it may raise PeerError, which reaches the loop via get().
     """
 
-    def __init__(self, run: RunDir, run_id: str, wait_check: Callable[[str], None], read_concurrency: int = DEFAULT_READ_CONCURRENCY):
+    def __init__(self, run: RunDir, run_id: str, wait_check: Callable[[str], None], read_concurrency: int = DEFAULT_READ_CONCURRENCY,
+                 batch_size: int | None = None):
         self.run, self.run_id, self.wait_check = run, run_id, wait_check
-        self.read_concurrency = read_concurrency
+        self.read_concurrency, self.batch_size = read_concurrency, batch_size
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
         self._futures: dict[int, Future] = {}
         self._closed = threading.Event()
@@ -162,6 +258,6 @@ class Prefetcher:
         storage.wait_for(ready_url, float("inf"), f"epoch {epoch} from the generator",
                          check=lambda: self._check(ready_url))
         started = time.monotonic()
-        data = read_epoch(self.run, epoch, self.run_id, self.read_concurrency)
+        data = read_epoch(self.run, epoch, self.run_id, self.read_concurrency, self.batch_size)
         log.info("read epoch %d: %d examples in %.2f s", epoch, data.num_examples, time.monotonic() - started)
         return data

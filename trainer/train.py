@@ -38,8 +38,9 @@ from protocol import (AlreadyPublished, Command, DatasetMeta, EpochMetrics, Inva
 from protocol.background import BackgroundWriter
 from protocol.cli import duration
 from protocol.messages import describe_differences
-from protocol.peer import Heartbeat, PeerWatch
+from protocol.peer import Heartbeat
 from protocol.runfiles import epoch_numbers, write_metrics
+from protocol.shards import GeneratorWatch
 
 from . import checkpoint, data, evaluation, export, tensorboard
 from .child import check_alive, spawn_generator, stop_child
@@ -108,15 +109,14 @@ class Waits:
 
     def __init__(self, run: RunDir, command: Command, config: Config, heartbeat: Heartbeat, child):
         self.run_id, self.heartbeat, self.child = command.run_id, heartbeat, child
-        self.peer = PeerWatch(run, "generator", config.start_timeout, config.peer_timeout)
+        self.peer = GeneratorWatch(run, config.start_timeout, config.peer_timeout)
 
     def check(self, url: str) -> None:
-        # The generator must be alive (PeerWatch) and, if it is our child, still running;
-        # a generator that is done will never write url.
+        # Every generator pod must be alive (GeneratorWatch) and, if it is our child, still
+        # running; a generator whose pods are all done will never write url.
         check_alive(self.child)
-        status = self.peer.check()
-        if status is not None and status.state == "done" and status.run_id == self.run_id \
-                and not storage.exists(url):
+        self.peer.check()
+        if self.peer.all_done(self.run_id) and not storage.exists(url):
             raise PeerError(f"the generator reports done, but {url} does not exist")
 
     def wait_for(self, url: str, what: str) -> None:
@@ -134,7 +134,7 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
     progress = resume(run, saved)
     heartbeat.update(epochs_done=progress.epochs_done)
     waits = Waits(run, command, config, heartbeat, child)
-    loader = data.Prefetcher(run, command.run_id, waits.check, config.read_concurrency)
+    loader = data.Prefetcher(run, command.run_id, waits.check, config.read_concurrency, config.batch_size)
     try:
         if not progress.finished and progress.epochs_done < command.epochs:
             loader.start(progress.epochs_done)  # read while the eval data loads and the model builds

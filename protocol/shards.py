@@ -1,0 +1,70 @@
+"""Watching a generator of N pods (DESIGN.md "Past one pod"): one heartbeat per pod.
+
+A one-pod generator writes status/generator.json; pod i of N > 1 writes
+status/generator-<i>.json (RunDir.generator_status), each stamped with shard and shards.
+The trainer watches every one of them with a PeerWatch, so each pod gets --peer-timeout to
+come back after a failure (its Indexed Job restarts it) and --start-timeout to appear.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from . import storage
+from .layout import RunDir
+from .messages import Status
+from .peer import PeerWatch
+
+_SHARD_STATUS = re.compile(r"^generator-(\d+)\.json$")
+
+
+def generator_shards(run: RunDir) -> list[int]:
+    """The shards of a generator of N > 1 pods that have written a heartbeat ([] for one pod)."""
+    names = storage.listdir(storage.parent(run.status("generator")))
+    return sorted(int(m.group(1)) for m in map(_SHARD_STATUS.match, names) if m)
+
+
+class GeneratorWatch:
+    """PeerWatch.check for every generator pod. Until a pod of N > 1 shows up it watches
+    status/generator.json (so a generator that never comes is reported after --start-timeout);
+    from then on status/generator-<i>.json for i below the shards any of them reports, the
+    ones not written yet included (a pod still waiting for a node is 'not started yet')."""
+
+    def __init__(self, run: RunDir, start_timeout: float, peer_timeout: float, min_poll: float = 1.0):
+        self.run, self.start_timeout, self.peer_timeout, self.min_poll = run, start_timeout, peer_timeout, min_poll
+        self.watches: dict[str, PeerWatch] = {"generator": self._watch("generator")}
+        self._listed = float("-inf")
+
+    def check(self) -> list[Status | None]:
+        """Each pod's last heartbeat (None: not started yet); raises PeerError as PeerWatch does."""
+        now = time.monotonic()
+        if now - self._listed >= self.min_poll:
+            self._listed = now
+            self._discover()
+        return [watch.check() for watch in self.watches.values()]
+
+    def all_done(self, run_id: str) -> bool:
+        """Whether every pod reported done for run_id at its last heartbeat."""
+        return all(w.last is not None and w.last.state == "done" and w.last.run_id == run_id
+                   for w in self.watches.values())
+
+    def _discover(self) -> None:
+        try:
+            with storage.polling():  # the bucket failing is no news: the watches judge their own reads
+                found = generator_shards(self.run)
+        except Exception as error:  # noqa: BLE001 - a transient error here only delays discovery
+            if not storage.is_transient(error):
+                raise
+            return
+        shards = max([1, *(shard + 1 for shard in found),
+                      *(w.last.shards for w in self.watches.values() if w.last is not None)])
+        if shards > 1:
+            self.watches.pop("generator", None)
+            for shard in range(shards):
+                peer = f"generator-{shard}"
+                if peer not in self.watches:
+                    self.watches[peer] = self._watch(peer)
+
+    def _watch(self, peer: str) -> PeerWatch:
+        return PeerWatch(self.run, peer, self.start_timeout, self.peer_timeout, self.min_poll)
