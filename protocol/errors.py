@@ -27,13 +27,11 @@ class MessageError(InvalidInput):
 
 
 class ForeignRun(InvalidInput):
-    """A document of another run, or of this run with other settings, in this run directory: using
-    it would mix two runs. One wording wherever that is found (storage.publish_or_match, a message's
-    run_id, a checkpoint's model); `differences` names each, as messages.describe_differences does."""
+    """A document of another run in this run directory: using it would mix two runs."""
 
-    def __init__(self, source: str, differences: str):
-        super().__init__(f"{source} is of another run or of different settings ({differences}): resume with "
-                         f"the same settings, or use a new --data-dir")
+    def __init__(self, source: str, theirs: object, ours: str):
+        super().__init__(f"{source} belongs to run {theirs}, not to {ours}: stale data of another run "
+                         f"in this run directory")
 
 
 class PermissionDenied(InvalidInput):
