@@ -27,11 +27,13 @@ class MessageError(InvalidInput):
 
 
 class ForeignRun(InvalidInput):
-    """A document of another run in this run directory: using it would mix two runs."""
+    """A document of another run, or of this run with other settings, in this run directory: using
+    it would mix two runs. One wording wherever that is found (storage.publish_or_match, a message's
+    run_id, a checkpoint's model); `differences` names each, as messages.describe_differences does."""
 
-    def __init__(self, source: str, theirs: object, ours: str):
-        super().__init__(f"{source} belongs to run {theirs}, not to {ours}: stale data of another run "
-                         f"in this run directory")
+    def __init__(self, source: str, differences: str):
+        super().__init__(f"{source} is of another run or of different settings ({differences}): resume with "
+                         f"the same settings, or use a new --data-dir")
 
 
 class PermissionDenied(InvalidInput):
@@ -56,6 +58,10 @@ class PeerFailedFinally(PeerError):
     """The other Job failed on invalid input (its exit code 2, never retried): so does this one."""
 
     exit_code = EXIT_INVALID
+
+    def __init__(self, side: str, code: int | None, cause: str | None):
+        super().__init__(f"the {side} failed with exit code {code} (invalid input; it will not be retried): "
+                         f"{cause or 'no message'}")
 
 
 class BucketUnavailable(Exception):

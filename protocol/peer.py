@@ -217,8 +217,7 @@ class PeerWatch:
             return None
         silent = now - self.last_change
         if last.final:
-            raise PeerFailedFinally(f"the {self.peer} failed with exit code {last.exit_code} (invalid input; it will "
-                                    f"not be retried): {last.message or 'no message'}")
+            raise PeerFailedFinally(self.peer, last.exit_code, last.message)
         if last.state == "failed":
             if silent > self.peer_timeout:
                 raise PeerError(f"the {self.peer} failed: {last.message or 'no message'} (no new attempt within "

@@ -29,3 +29,13 @@ def test_a_missing_ratings_file_ends_the_trainer_at_once_with_the_generators_cau
     assert (status.state, status.exit_code, status.final) == ("failed", 2, True) and cause in status.message
     trainer_status = read_status(run_url, "trainer")
     assert (trainer_status.exit_code, trainer_status.final) == (2, True), "the trainer's end is final too"
+
+
+def test_a_spawned_generators_exit_2_is_the_trainers_exit_2(tmp_path, cli_env):
+    run_url, missing = str(tmp_path / "run"), str(tmp_path / "typo" / "u.data")
+    trainer = Job("trainer", ["--data-dir", run_url, "--dataset", "ml-100k", "--ratings", missing, "--epochs", "1",
+                              "--spawn-generator"], tmp_path, cli_env)
+    assert trainer.wait(120) == 2, trainer.log[-3000:]
+    last = trainer.log.strip().splitlines()[-1]
+    assert "failed with exit code 2 (invalid input; it will not be retried)" in last
+    assert f"{missing}: ratings file not found" in last

@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 
-from protocol import MessageError, PeerError, RunDir, Status, flags, storage
+from protocol import EXIT_INVALID, MessageError, PeerError, RunDir, Status, flags, storage
+from protocol.errors import PeerFailedFinally
 
 from .config import GENERATOR_PREFIX, Config, generator_rows
 
@@ -46,9 +47,12 @@ def generator_args(config: Config) -> list[str]:
 
 def check_alive(child: subprocess.Popen | None) -> None:
     """Raises PeerError once a spawned generator has exited with an error; the message ends
-    with the generator's own (its status/generator.json, when that is this child's)."""
+    with the generator's own (its status/generator.json, when that is this child's). Its exit 2
+    (invalid input) is the trainer's too: PeerFailedFinally."""
     if child is not None and child.poll() is not None and child.returncode != 0:
         why = _last_words(child)
+        if child.returncode == EXIT_INVALID:
+            raise PeerFailedFinally("generator (child process)", child.returncode, why)
         raise PeerError(f"the generator (child process) exited with code {child.returncode}"
                         + (f": {why}" if why else ""))
 
