@@ -229,6 +229,37 @@ def test_dataset_defaults_and_overrides(tmp_path, capsys):
                                        "and the item embedding side by side), got 31\n")
 
 
+
+def test_recipe_replaces_the_preset_and_flags_win(capsys):
+    from trainer.config import parse_args
+
+    large = parse_args(["--data-dir", "x", "--dataset", "ml-20m"])
+    assert (large.adam_beta_1, large.adam_beta_2, large.adam_epsilon, large.warmup_steps) == (0.9, 0.999, 1e-8, 0)
+    mlperf = parse_args(["--data-dir", "x", "--dataset", "ml-20m", "--recipe", "mlperf-v0.5-large-batch"])
+    assert (mlperf.batch_size, mlperf.learning_rate, mlperf.adam()) == \
+        (1_048_576, 0.0045, {"adam_beta_1": 0.25, "adam_beta_2": 0.5, "adam_epsilon": 1e-8})
+    assert mlperf.model_config()["adam_beta_2"] == 0.5  # a checkpoint from other Adam settings is not resumed
+    reference = parse_args(["--data-dir", "x", "--dataset", "ml-20m", "--recipe", "ml-20mx16x32-reference",
+                            "--learning-rate", "0.001", "--warmup-steps", "50"])
+    assert (reference.batch_size, reference.learning_rate, reference.adam_beta_1, reference.warmup_steps) == \
+        (65536, 0.001, 0.9, 50)
+    with pytest.raises(SystemExit) as error:
+        parse_args(["--data-dir", "x", "--dataset", "ml-20m", "--adam-beta-2", "1"])
+    assert error.value.code == 2
+    assert capsys.readouterr().err == "ncf-trainer: --adam-beta-2: expected a number in [0, 1), got 1\n"
+
+
+def test_adam_settings_and_linear_warmup_reach_the_optimizer():
+    from trainer.model import LinearWarmup, build_neumf, compile_neumf
+
+    ramp = LinearWarmup(0.01, 4)
+    assert [round(float(ramp(step)), 6) for step in (0, 1, 3, 10)] == [0.0025, 0.005, 0.01, 0.01]
+    model = compile_neumf(build_neumf(5, 4, 2, [4, 2]), 0.01, adam={"adam_beta_1": 0.25, "adam_beta_2": 0.5},
+                          warmup_steps=4)
+    optimizer = model.optimizer
+    assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon) == (0.25, 0.5, 1e-8)
+    assert float(optimizer.learning_rate) == pytest.approx(0.0025)  # step 0 of the ramp
+
 def test_command_publish_resume_mismatch(run_url):
     from trainer import train
 

@@ -34,10 +34,11 @@ from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOU
 from protocol.flags import flag
 from protocol.messages import DATASETS, DatasetName, EvalMode
 
+MLPERF_ADAM = dict(adam_beta_1=0.9, adam_beta_2=0.999, adam_epsilon=1e-8)  # the MLPerf reference's Adam
 LARGE = dict(batch_size=2048, eval_batch_size=1_000_000, learning_rate=0.0005, mf_dim=64,
-             layers=[256, 256, 128, 64], epochs=20, l2=0.0)
+             layers=[256, 256, 128, 64], epochs=20, l2=0.0, **MLPERF_ADAM)
 SMALL = dict(batch_size=256, eval_batch_size=200_000, learning_rate=0.001, mf_dim=16,
-             layers=[64, 32, 16, 8], epochs=20, l2=0.0)
+             layers=[64, 32, 16, 8], epochs=20, l2=0.0, **MLPERF_ADAM)
 # ml-100k (GitHub issue 4: HR@10 >= 0.20 within 20 epochs, 999 eval negatives): SMALL
 # peaks at 0.185-0.189 in paper mode (epoch ~8) and then overfits. Batch 1024 with lr 0.002
 # (same model) peaks at 0.2025 / 0.196 / 0.202 for seeds 0 / 1 / 2 (epochs 16 / 14 / 11) in
@@ -49,6 +50,16 @@ ML_100K = dict(SMALL, batch_size=1024, learning_rate=0.002)
 # The one table of presets: a dataset name of protocol.messages.DATASETS -> model settings.
 PRESETS = {"ml-20m": LARGE, "synthetic-20m": LARGE, "ml-1m": SMALL, "ml-100k": ML_100K, "synthetic-small": SMALL}
 assert set(PRESETS) == set(DATASETS), "every dataset needs a preset"
+# --recipe: published large-batch settings that replace the dataset's preset (flags still
+# override them). The batch is global: with several hosts each takes batch / hosts.
+RECIPES = {
+    # NVIDIA's MLPerf v0.5 NCF runs (ml-20m): HR@10 0.635 in 13-20 epochs, median 16.
+    "mlperf-v0.5-large-batch": dict(batch_size=1_048_576, learning_rate=0.0045, adam_beta_1=0.25, adam_beta_2=0.5),
+    # MLPerf v0.6's ml-20mx16x32 reference (target HR@10 0.51).
+    "ml-20mx16x32-reference": dict(batch_size=65536, learning_rate=0.0002),
+}
+Recipe = Literal["mlperf-v0.5-large-batch", "ml-20mx16x32-reference"]
+assert set(RECIPES) == set(Recipe.__args__), "every recipe is a choice of --recipe"
 
 
 # Part reads in flight: one GCS connection moves 60-200 MB/s.
@@ -91,6 +102,17 @@ class Config:
                                chart="training.evalMode")
     learning_rate: float = flag(None, help="Adam's learning rate", bounds=POSITIVE, default_text=PRESET,
                                 chart="training.learningRate")
+    recipe: Recipe | None = flag(None, help="a published large-batch recipe: its batch size, learning rate and "
+                                            "Adam settings replace the dataset's preset (other flags still win)",
+                                 default_text="none", chart="training.recipe")
+    adam_beta_1: float = flag(None, help="Adam's beta_1 (MLPerf's 1M-batch runs: 0.25)", bounds=Bounds(0, 1),
+                              default_text=PRESET + ": 0.9", chart="training.adamBeta1")
+    adam_beta_2: float = flag(None, help="Adam's beta_2 (MLPerf's 1M-batch runs: 0.5)", bounds=Bounds(0, 1),
+                              default_text=PRESET + ": 0.999", chart="training.adamBeta2")
+    adam_epsilon: float = flag(None, help="Adam's epsilon", bounds=POSITIVE, default_text=PRESET + ": 1e-8",
+                               chart="training.adamEpsilon")
+    warmup_steps: int = flag(0, help="steps over which the learning rate rises linearly to --learning-rate "
+                                     "(0: none)", bounds=NON_NEGATIVE, chart="training.warmupSteps")
     mf_dim: int = flag(None, help="GMF embedding size", bounds=POSITIVE, default_text=PRESET, chart="training.mfDim")
     layers: list[int] = flag(None, help="MLP widths, e.g. 64,32,16,8 (the first is the concatenated embedding, "
                                         "so even)", bounds=POSITIVE, default_text=PRESET, chart="training.layers")
@@ -137,7 +159,11 @@ class Config:
     def model_config(self) -> dict:
         """What a checkpoint must have been trained with to be resumed by these flags."""
         return {"mf_dim": self.mf_dim, "layers": list(self.layers), "learning_rate": self.learning_rate,
-                "l2": self.l2}
+                "l2": self.l2, **self.adam(), "warmup_steps": self.warmup_steps}
+
+    def adam(self) -> dict[str, float]:
+        """Adam's beta_1, beta_2 and epsilon, keyed as MLPERF_ADAM."""
+        return {name: getattr(self, name) for name in MLPERF_ADAM}
 
     def command(self, run_id: str) -> Command:
         """The command.json these flags ask the generator for."""
@@ -174,12 +200,16 @@ def parse_args(argv: list[str]) -> Config:
     values = vars(p.parse_args(argv))
     generator = {name.removeprefix(GENERATOR_PREFIX): values.pop(name)
                  for name in list(values) if name.startswith(GENERATOR_PREFIX)}
-    for name, default in PRESETS[values["dataset"]].items():
+    recipe = RECIPES[values["recipe"]] if values["recipe"] else {}
+    for name, default in {**PRESETS[values["dataset"]], **recipe}.items():
         if values[name] is None:
             values[name] = list(default) if isinstance(default, list) else default
     if values["layers"][0] % 2:
         p.error(f"--layers: expected the first width to be even (the user and the item embedding side by "
                 f"side), got {values['layers'][0]}")
+    for name in ("adam_beta_1", "adam_beta_2"):
+        if values[name] == 1:  # Adam divides by 1 - beta ** step
+            p.error(f"--{name.replace('_', '-')}: expected a number in [0, 1), got 1")
     if values["ratings"] is not None:
         values["ratings"] = storage.absolute(values["ratings"])
     return Config(**values, generator={k: v for k, v in generator.items() if v is not None})

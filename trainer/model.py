@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-8  # MLPerf's Adam
+from .config import MLPERF_ADAM
 
 
 def build_neumf(num_users: int, num_items: int, mf_dim: int, layers: list[int], l2: float = 0.0) -> keras.Model:
@@ -38,10 +38,32 @@ def build_neumf(num_users: int, num_items: int, mf_dim: int, layers: list[int], 
     return keras.Model(inputs=[user, item], outputs=logit, name="neumf")
 
 
-def compile_neumf(model: keras.Model, learning_rate: float, xla: bool = False) -> keras.Model:
-    """Adam with MLPerf's settings and sigmoid cross-entropy on the logit (in the strategy's scope)."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=xla)
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning rate rising linearly over the first `warmup_steps` steps (step k trains
+    at (k + 1) / warmup_steps of it), then constant. Large batches (MLPerf's 1M) start with
+    Adam's first steps at full size otherwise. The step is the optimizer's iteration count,
+    which checkpoints keep, so a resumed run continues the ramp where it stopped."""
+
+    def __init__(self, learning_rate: float, warmup_steps: int):
+        self.learning_rate, self.warmup_steps = learning_rate, warmup_steps
+
+    def __call__(self, step):
+        ramp = (keras.ops.cast(step, "float32") + 1.0) / float(self.warmup_steps)
+        return self.learning_rate * keras.ops.minimum(1.0, ramp)
+
+    def get_config(self) -> dict:
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
+def compile_neumf(model: keras.Model, learning_rate: float, xla: bool = False, adam: dict | None = None,
+                  warmup_steps: int = 0) -> keras.Model:
+    """Adam (MLPerf's beta_1, beta_2, epsilon unless `adam` gives others) and sigmoid
+    cross-entropy on the logit (in the strategy's scope). warmup_steps > 0: LinearWarmup."""
+    settings = {**MLPERF_ADAM, **(adam or {})}
+    rate = LinearWarmup(learning_rate, warmup_steps) if warmup_steps else learning_rate
+    optimizer = keras.optimizers.Adam(rate, beta_1=settings["adam_beta_1"], beta_2=settings["adam_beta_2"],
+                                      epsilon=settings["adam_epsilon"])
+    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=xla)
     return model
 
 

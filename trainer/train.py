@@ -221,7 +221,7 @@ def build_model(config: Config, command: Command, meta: DatasetMeta, saved: chec
     choice, distribution = strategy.setup(config.mixed_precision)
     with distribution.scope():
         model = compile_neumf(build_neumf(meta.num_users, meta.num_items, config.mf_dim, config.layers, config.l2),
-                              config.learning_rate, config.xla)
+                              config.learning_rate, config.xla, config.adam(), config.warmup_steps)
         if saved is not None:
             checkpoint.restore(model, saved)
     log.info("NeuMF: mf_dim %d, layers %s, %d parameters; batch %d, lr %g", config.mf_dim, config.layers,
