@@ -19,9 +19,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from protocol import AlreadyPublished, Command, DatasetMeta, InvalidInput, PartInfo, Ready, RunDir, parts, storage
+from protocol import Command, DatasetMeta, InvalidInput, PartInfo, Ready, RunDir, parts, storage
 from protocol.cli import duration
-from protocol.messages import IdMaps, differences
+from protocol.messages import IdMaps
 from protocol.runfiles import epoch_folders
 from protocol.peer import Heartbeat, PeerWatch
 
@@ -94,15 +94,7 @@ def load_slices(command: Command, options: Options, run: RunDir) -> tuple[Slicin
 
 def publish_meta(run: RunDir, meta: DatasetMeta) -> None:
     """Publishes dataset/meta.json, or checks that an earlier attempt published the same."""
-    try:
-        storage.publish_once(run.meta, meta)
-    except AlreadyPublished:
-        earlier = storage.read_message(run.meta, DatasetMeta)
-        fields = differences(meta.to_dict(), earlier.to_dict())
-        if fields:
-            raise InvalidInput(f"{run.meta} was published by an earlier attempt with a different "
-                               f"{', '.join(fields)}; this run directory belongs to another run") from None
-        log.info("dataset/meta.json already published by an earlier attempt; it matches")
+    storage.publish_or_match(run.meta, meta, "this attempt")
 
 
 def publish_ids(run: RunDir, dataset: Dataset, run_id: str) -> IdMaps:
@@ -116,21 +108,10 @@ def publish_ids(run: RunDir, dataset: Dataset, run_id: str) -> IdMaps:
                      num_train=dataset.num_train,
                      **{name: PartInfo(name=name, num_examples=part.num_examples, size=len(part.data),
                                        crc32c=parts.checksum(part.data)) for name, part in encoded.items()})
-    if not storage.exists(run.ids):  # else leave the listed parts alone: compare below
+    if not storage.exists(run.ids):  # else leave the listed parts alone: only compare
         for name, part in encoded.items():
             parts.write_encoded(storage.join(run.ids_dir, name), part)
-        try:
-            storage.publish_once(run.ids, listing)
-            return listing
-        except AlreadyPublished:
-            pass
-    earlier = storage.read_message(run.ids, IdMaps)
-    fields = differences(listing.to_dict(), earlier.to_dict())
-    if fields:
-        raise InvalidInput(f"{run.ids} was published by an earlier attempt with a different "
-                           f"{', '.join(fields)}; this run directory belongs to another run")
-    log.info("dataset/ids/ already published by an earlier attempt; it matches")
-    return earlier
+    return storage.publish_or_match(run.ids, listing, "this attempt")
 
 
 def write_eval(run: RunDir, command: Command, slicing: Slicing, pieces: list[EpochSlice], beat: Heartbeat) -> None:

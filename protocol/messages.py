@@ -108,7 +108,8 @@ class Message:
         """This message, if it is of run `run_id`; else ForeignRun (never mix two runs' data)."""
         theirs = getattr(self, "run_id")
         if theirs != run_id:
-            raise ForeignRun(source, theirs, run_id)
+            raise ForeignRun(source, describe_differences({"run_id": run_id}, {"run_id": theirs}, ["run_id"],
+                                                          "this run", "the file"))
         return self
 
 

@@ -26,15 +26,15 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .backends import Backend, GCSBackend, resolve
-from .errors import AlreadyPublished, BucketUnavailable, InvalidInput, describe_error
+from .errors import AlreadyPublished, BucketUnavailable, ForeignRun, InvalidInput, describe_error
 from .faults import configure, is_transient, polling, retrying, setting
-from .messages import Message
+from .messages import Message, describe_differences, differences
 from .polls import wait_until
 from .urls import absolute, join, parent, sibling
 
 __all__ = [  # the facade: what callers use, wherever it lives
     "absolute", "join", "parent", "sibling", "describe_error", "is_transient", "polling", "retrying", "setting",
-    "read_bytes", "read_message", "write_bytes", "publish_once", "overwrite", "exists", "listdir", "delete",
+    "read_bytes", "read_message", "write_bytes", "publish_once", "publish_or_match", "overwrite", "exists", "listdir", "delete",
     "ensure_writable", "wait_until", "wait_for", "configure", "put_tree", "get_tree",
 ]
 
@@ -101,6 +101,26 @@ def publish_once(url: str, payload: Payload) -> None:
             raise AlreadyPublished(f"{url} is already published") from None
         log.info("%s was already there with the same bytes (a retried create whose first answer was lost): "
                  "published", url)
+
+
+def publish_or_match(url: str, message: M, ours_as: str, ignore: tuple[str, ...] = ()) -> M:
+    """Publishes message create-only, or returns the one already there if it matches in every field
+    but `ignore` (an earlier attempt of this run published it); if not, ForeignRun (exit 2) names
+    each difference (`ours_as`: where our values come from, e.g. "the flags")."""
+    try:
+        publish_once(url, message)
+        return message
+    except AlreadyPublished:
+        pass  # somebody published first: compare with theirs
+    earlier = read_message(url, type(message))
+    ours, theirs = message.to_dict(), earlier.to_dict()
+    changed = differences(ours, theirs, ignore)
+    if changed:
+        run = getattr(earlier, "run_id", None)
+        raise ForeignRun(f"{url} (run {run})" if run else url,
+                         describe_differences(ours, theirs, changed, ours_as, "the file"))
+    log.info("%s was already published (by an earlier attempt) and matches", url)
+    return earlier
 
 
 def overwrite(url: str, payload: Payload) -> None:

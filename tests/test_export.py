@@ -14,7 +14,7 @@ import pytest
 from testkit.builders import metrics
 from generator.job import publish_ids
 from generator.preprocess import Dataset
-from protocol import DatasetSpec, InvalidInput, PeerError, Result, RunDir, Status, storage
+from protocol import DatasetSpec, ForeignRun, InvalidInput, PeerError, Result, RunDir, Status, storage
 from protocol.cli import run as run_console
 from testkit.trainer_support import command, publish_epoch, run_cli, trainer_args, write_run
 
@@ -335,7 +335,7 @@ def test_id_maps_are_published_and_cached(tmp_path, ml100k, caplog):
     np.testing.assert_array_equal(ids.indptr, first.indptr)
     np.testing.assert_array_equal(ids.rated, first.train_items)
     other = Dataset(**{**first.__dict__, "item_ids": first.item_ids + 1})
-    with pytest.raises(InvalidInput, match="published by an earlier attempt with a different items"):
+    with pytest.raises(ForeignRun, match=r"ids.json \(run r1\) is of another run or of different settings \(items: "):
         publish_ids(run, other, "r1")
     storage.write_bytes(storage.join(run.ids_dir, "items"), b"NCFPART1 damaged")
     with pytest.raises(InvalidInput, match="items"):

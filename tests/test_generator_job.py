@@ -168,8 +168,9 @@ def test_an_epoch_of_another_run_exits_2(run_url, cli_env, ml100k):
     storage.publish_once(stale, Ready(run_id="another-run", kind="train", epoch=0, num_examples=0, parts=[]))
     result = run_generator(run_url, cli_env)
     assert result.returncode == 2
-    assert last_line(result.stderr).endswith(f"{stale} belongs to run another-run, not to test-run: "
-                                             "stale data of another run in this run directory")
+    assert last_line(result.stderr).endswith(f"{stale} is of another run or of different settings (run_id: "
+                                             "'another-run' in the file, 'test-run' from this run): resume with "
+                                             "the same settings, or use a new --data-dir")
 
 
 @pytest.mark.parametrize("cpu_max,expected", [

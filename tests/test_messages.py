@@ -128,8 +128,9 @@ def test_a_document_of_another_run_is_refused_in_one_wording():
 
     with pytest.raises(ForeignRun) as error:
         command(run_id="theirs").belongs_to("ours", "gs://b/run/command.json")
-    assert str(error.value) == ("gs://b/run/command.json belongs to run theirs, not to ours: stale data of another "
-                                "run in this run directory")
+    assert str(error.value) == ("gs://b/run/command.json is of another run or of different settings (run_id: "
+                                "'theirs' in the file, 'ours' from this run): resume with the same settings, or "
+                                "use a new --data-dir")
     assert exit_code_for(error.value) == EXIT_INVALID
     assert command(run_id="ours").belongs_to("ours", "x").run_id == "ours"
 

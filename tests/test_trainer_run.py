@@ -146,7 +146,8 @@ def test_foreign_ready_json_is_refused(run_url, capsys):
     assert run_cli(trainer_args(run_url, cmd)) == 2
     err = capsys.readouterr().err
     ready_url = RunDir.ready(run.epoch_dir(1))
-    assert f"{ready_url} belongs to run some-other-run, not to {RUN_ID}" in err
+    assert f"{ready_url} is of another run or of different settings (run_id: 'some-other-run' in the file, " \
+           f"'{RUN_ID}' from this run)" in err
     assert metrics_line_epochs(run.url) == [0]  # epoch 0 trained, nothing of epoch 1
     assert "000001" in epoch_folder_names(run)
     status = storage.read_message(run.status("trainer"), Status)

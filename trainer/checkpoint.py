@@ -218,13 +218,12 @@ def load_state(run: RunDir, run_id: str, model_config: dict[str, Any]) -> Saved 
     except (ValueError, KeyError, TypeError) as error:
         raise CorruptData(f"{url}: unreadable checkpoint pointer ({error})") from None
     if state.run_id != run_id:
-        raise ForeignRun(url, state.run_id, run_id)
+        raise ForeignRun(url, describe_differences({"run_id": run_id}, {"run_id": state.run_id}, ["run_id"],
+                                                   "this run", "the checkpoint"))
     changed = differences(model_config, state.model_config)
     if changed:
-        raise InvalidInput(f"{url}: the checkpoint was trained with different model settings: "
-                           + describe_differences(model_config, state.model_config, changed, "the flags",
-                                                  "the checkpoint")
-                           + "; rerun with the run's settings or use a new run directory")
+        raise ForeignRun(url, describe_differences(model_config, state.model_config, changed, "the flags",
+                                                   "the checkpoint"))
     if [m.epoch for m in history] != list(range(state.epochs_done)):
         raise CorruptData(f"{url}: history lists epochs {[m.epoch for m in history]}, expected 0..{state.epochs_done - 1}")
     return Saved(state, storage.join(run.checkpoints, pointer.get("folder") or pointer["file"]), pointer)

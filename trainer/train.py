@@ -37,7 +37,6 @@ from protocol import (AlreadyPublished, Command, DatasetMeta, EpochMetrics, Inva
                       storage)
 from protocol.background import BackgroundWriter
 from protocol.cli import duration
-from protocol.messages import describe_differences
 from protocol.peer import Heartbeat
 from protocol.runfiles import epoch_numbers, write_metrics
 from protocol.shards import GeneratorWatch
@@ -73,24 +72,12 @@ def publish_or_resume(run: RunDir, config: Config) -> Command:
     """Publishes command.json with a new run_id, or resumes the run already there if its
     settings equal ours; if they differ, exit code 2 and the file is left untouched."""
     wanted = config.command(new_run_id(config.dataset))
-    for _ in range(2):
-        if storage.exists(run.command):
-            existing = storage.read_message(run.command, Command)
-            changed = existing.differences(wanted)
-            if changed:
-                raise InvalidInput(
-                    f"{run.command} holds run {existing.run_id!r} with different settings: "
-                    + describe_differences(wanted.to_dict(), existing.to_dict(), changed, "the flags", "the file")
-                    + ". Rerun with the same settings to resume it, or use a new --data-dir")
-            log.info("resuming run %s (command.json matches the flags)", existing.run_id)
-            return existing
-        try:
-            storage.publish_once(run.command, wanted)
-            log.info("published %s: run %s", run.command, wanted.run_id)
-            return wanted
-        except AlreadyPublished:
-            continue  # somebody published first: compare with theirs
-    raise InvalidInput(f"{run.command}: could not publish or read it")
+    command = storage.publish_or_match(run.command, wanted, "the flags", ignore=("run_id",))
+    if command.run_id == wanted.run_id:
+        log.info("published %s: run %s", run.command, command.run_id)
+    else:
+        log.info("resuming run %s (command.json matches the flags)", command.run_id)
+    return command
 
 
 # ----------------------------------------------------------------------------- the run
