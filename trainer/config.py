@@ -85,7 +85,8 @@ class Config:
     data_dir: str = flag(help="run directory: local path or gs://bucket/prefix",
                          not_in_chart="dataDir: the run directory both Jobs share")
     dataset: DatasetName = flag(help="which dataset to train on", chart="training.dataset")
-    ratings: str | None = flag(None, help="raw ratings file (local or gs://) for MovieLens sets; default: download",
+    ratings: str | None = flag(None, help="the MovieLens ratings file, local or gs:// (MovieLens may not be "
+                                          "redistributed)", default_text="downloaded from GroupLens, checksum-checked",
                                chart="training.ratings")
     # Preset flags: None here, the dataset's value filled in by parse_args.
     epochs: int = flag(None, help="passes over the training data", bounds=POSITIVE, default_text=PRESET,
@@ -120,7 +121,7 @@ class Config:
                      chart="training.l2")
     seed: int = _from_command("seed", help="seed of the split, the sampling and the initial weights",
                               chart="training.seed")
-    target_hr: float | None = flag(None, help="stop once HR@10 reaches this (MLPerf: 0.635)",
+    target_hr: float | None = flag(None, help="stop once HR@10 reaches this (MLPerf: 0.635)", default_text="never",
                                    bounds=Bounds(0, 1, exclusive_minimum=True), chart="training.targetHr")
     buffer_epochs: int = _from_command("buffer_epochs", help="epochs the generator may write ahead of the trainer",
                                        chart="training.bufferEpochs")
@@ -152,7 +153,7 @@ class Config:
                                  chart="training.checkpointEvery")
     checkpoint_every_minutes: float | None = flag(None, help="checkpoint when this many minutes passed since the "
                                                              "last one (instead of --checkpoint-every)",
-                                                  bounds=POSITIVE, chart="training.checkpointEveryMinutes")
+                                                  default_text="by epochs", bounds=POSITIVE, chart="training.checkpointEveryMinutes")
     # --generator-NAME: the generator's flags this table lacks, passed on by --spawn-generator.
     generator: dict[str, Any] = dataclasses.field(default_factory=dict)
 
