@@ -46,7 +46,7 @@ def usable_cpus() -> int:
 @dataclass(frozen=True)
 class Options:
     data_dir: str = flag(help="run directory: a local path or gs://bucket/prefix",
-                         not_in_chart="dataDir: the run directory both Jobs share")
+                         not_in_chart="set from dataDir, the run directory both Jobs share")
     workers: int = flag(default_factory=usable_cpus, bounds=POSITIVE, chart="workers",
                         default_text="the CPUs this container may use",
                         help="worker threads for sampling and writing; does not change the output")

@@ -8,7 +8,7 @@
   which "ncf-tandem.flags" renders as the Job's arguments;
 - charts/ncf-tandem/values.schema.json: each flag value's type, bounds and choices;
 - charts/ncf-tandem/README.md: each flag value's description in the values table (the
-  program's help and default).
+  program's help and default), and the table of flags without a chart value, with the reason.
 The schema entry and the README row are written for the values that values.yaml has: adding
 the key there (and a README row) is what exposes a flag in the chart.
 tests/test_chart_flags.py runs --check.
@@ -116,7 +116,24 @@ def _schema_parent(document: dict, component: str, path: str) -> tuple[dict, str
     return node["properties"], key
 
 
+NOT_IN_CHART = ("<!-- flags without a chart value: written by scripts/chart_flags.py -->\n",
+                "<!-- end of the flags without a chart value -->\n")
+
+
+def not_in_chart_table() -> str:
+    lines = ["| program | flag | why the chart has no value for it |", "|---|---|---|"]
+    for component in TABLES:
+        lines += [f"| ncf-{component} | `{row.option}` | {row.flag.not_in_chart} |"
+                  for row in TABLES[component] if row.flag.not_in_chart]
+    return "\n".join(lines) + "\n"
+
+
 def readme(text: str) -> str:
+    start, end = NOT_IN_CHART
+    if start not in text or end not in text:
+        raise SystemExit(f"charts/ncf-tandem/README.md: expected the lines {start.strip()} and {end.strip()}")
+    head, rest = text.split(start, 1)
+    text = head + start + not_in_chart_table() + end + rest.split(end, 1)[1]
     for component in TABLES:
         for row in valued(component):
             key = re.escape(f"{component}.{row.flag.chart}")
