@@ -169,7 +169,7 @@ def test_ncf_recommend_reads_a_gs_model(served, gcs_bucket, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--user", "123456789012"], "user 123456789012 is not in the model's training data"),
-    (["--user", "1", "--k", "0"], "--k: expected at least 1, got 0"),
+    (["--user", "1", "--k", "0"], "ncf-recommend: --k: expected a positive integer, got 0"),
     (["--user", "x"], "--user: expected an integer user id"),
 ])
 def test_ncf_recommend_bad_input_exits_2(served, args, message, capsys):

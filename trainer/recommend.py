@@ -14,7 +14,6 @@ Exit 2 with a one-line message for an unknown user, a missing model, or k < 1.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
@@ -22,21 +21,16 @@ import sys
 import tempfile
 
 from protocol import InvalidInput, storage
-from protocol.cli import run
+from protocol.cli import Parser, positive, run
 
 from .export import DEFAULT_K, check_model_dir
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, through protocol.cli.run
-        raise InvalidInput(f"{self.prog}: {message}")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="ncf-recommend", description="Top-k movies for a user from an exported NCF model.")
+def _parser() -> Parser:
+    p = Parser(prog="ncf-recommend", description="Top-k movies for a user from an exported NCF model.")
     p.add_argument("--model", required=True, help="a run's model/ folder (or model/saved_model/), local or gs://")
     p.add_argument("--user", required=True, help="the user's raw id (as in the ratings file)")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help="how many movies (default %(default)s)")
+    p.add_argument("--k", type=positive(int), default=DEFAULT_K, help="how many movies (default %(default)s)")
     p.add_argument("--titles", help="movie titles: ml-100k u.item, ml-1m movies.dat, ml-20m movies.csv "
                                     "or RecBole's ml-100k.item")
     return p
@@ -91,8 +85,6 @@ def main(argv: list[str]) -> None:
         user = int(args.user)
     except ValueError:
         raise InvalidInput(f"--user: expected an integer user id, got {args.user!r}") from None
-    if args.k < 1:
-        raise InvalidInput(f"--k: expected at least 1, got {args.k}")
     titles = read_titles(args.titles) if args.titles else {}
     if not storage.exists(args.model):
         raise InvalidInput(f"{args.model}: no such model folder")
