@@ -50,6 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 from testkit import emulator
+from testkit.builders import history
 MB = 1e6
 
 
@@ -153,7 +154,7 @@ def checkpoint_stall(run_url: str, rounds: int) -> dict:
     stalls, uploads = [], []
     size = 0
     for r in range(rounds):
-        state = checkpoint.State("bench", r + 1, False, time.time(), {}, [])
+        state = checkpoint.State("bench", r + 1, False, time.time(), {}, history(r + 1))
         began = time.monotonic()
         ckpt.start(model, state)
         stalls.append(time.monotonic() - began)

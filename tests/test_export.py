@@ -46,7 +46,7 @@ def brute_force(model, ids, users: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 def served(tmp_path_factory):
     """A NeuMF with random weights, raw ids far from the dense ones, random rated items per
     user (some users rate nearly everything), saved as the trainer exports it."""
-    from trainer.export import ServingIds, save_serving
+    from trainer.serving import ServingIds, save_serving
     from trainer.model import build_neumf
 
     rng = np.random.default_rng(7)
@@ -160,8 +160,10 @@ def test_titles_of_every_movielens_format(tmp_path):
 
 
 def test_ncf_recommend_reads_a_gs_model(served, gcs_bucket, capsys):
+    from trainer.export import upload_tree
+
     model, ids, path = served
-    storage.put_tree(path, gcs_bucket + "/run/model/saved_model")
+    upload_tree(path, gcs_bucket + "/run/model/saved_model")
     assert recommend_cli(["--model", gcs_bucket + "/run/model", "--user", str(ids.user_raw[0])]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [int(line.split()[1]) for line in lines[1:]] == brute_force(model, ids, np.array([0]), 10)[0][0].tolist()
@@ -169,7 +171,7 @@ def test_ncf_recommend_reads_a_gs_model(served, gcs_bucket, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--user", "123456789012"], "user 123456789012 is not in the model's training data"),
-    (["--user", "1", "--k", "0"], "ncf-recommend: --k: expected a positive integer, got 0"),
+    (["--user", "1", "--k", "0"], "--k: expected at least 1, got 0"),
     (["--user", "x"], "--user: expected an integer user id"),
 ])
 def test_ncf_recommend_bad_input_exits_2(served, args, message, capsys):
@@ -302,7 +304,7 @@ def test_id_maps_are_published_and_cached(tmp_path, ml100k, caplog):
     from generator import cache
     from generator.datasets import prepare
     from generator.ratings import parse
-    from trainer.export import read_ids
+    from trainer.serving import read_ids
 
     spec = DatasetSpec(name="ml-100k", ratings=str(ml100k))
     cache_dir = str(tmp_path / "cache")

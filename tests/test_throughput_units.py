@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from testkit.builders import RUN_ID
+from testkit.builders import RUN_ID, history
 from protocol import CorruptData, EpochMetrics, Ready, RunDir, parts, storage
 from protocol.background import BackgroundWriter
 
@@ -49,9 +49,7 @@ def test_background_writer_submit_does_not_wait():
 def _state(epochs_done=1):
     from trainer import checkpoint
 
-    history = [EpochMetrics(epoch=e, hr_at_10=0.5, ndcg_at_10=0.3, loss=0.6, examples_per_s=1.0, data_wait_s=0.0,
-                            train_s=1.0, eval_s=1.0, time=1.0) for e in range(epochs_done)]
-    return checkpoint.State(RUN_ID, epochs_done, False, 1.0, {"mf_dim": 8}, history)
+    return checkpoint.State(RUN_ID, epochs_done, False, 1.0, {"mf_dim": 8}, history(epochs_done))
 
 
 @pytest.fixture
@@ -76,13 +74,13 @@ def test_checkpoint_pieces_round_trip_and_are_verified(run_url, small_model):
     arrays = checkpoint.snapshot(small_model)
     with ThreadPoolExecutor(4) as pool:  # small pieces: most of them span two arrays
         pointer = checkpoint.upload(run, arrays, _state(1), pool, piece_bytes=1000)
-    assert len(pointer["pieces"]) == -(-pointer["size"] // 1000) > 3
+    assert len(pointer.pieces) == -(-pointer.size // 1000) > 3
     saved = checkpoint.load_state(run, RUN_ID, {"mf_dim": 8})
     assert saved.state.epochs_done == 1 and len(saved.state.history) == 1
     back = checkpoint.read_arrays(saved)
     assert list(back) == list(arrays) and all(np.array_equal(back[k], arrays[k]) for k in arrays)
 
-    piece = storage.join(saved.url, pointer["pieces"][2]["name"])
+    piece = storage.join(saved.url, pointer.pieces[2].name)
     data = bytearray(storage.read_bytes(piece))
     data[5] ^= 1
     storage.write_bytes(piece, bytes(data))

@@ -6,11 +6,13 @@ them to a background thread, which uploads them as checkpoints/ckpt-<epochs_done
 piece-NNNNN: the arrays laid end to end (`layout`) and cut into byte ranges of
 PIECE_BYTES, `uploads` pieces in flight (one connection to GCS moves 60-200 MB/s, so one
 object of an ml-20m checkpoint, ~381 MB, would take seconds). Only when every piece has
-landed is checkpoints/latest.json overwritten (one atomic object write): it lists the
-pieces (size, CRC32C), the arrays (dtype, shape, byte offset) and what a restart needs
-besides them: the metrics of every epoch trained so far (so metrics.jsonl can be rebuilt to
-exactly the checkpoint's epochs), whether training finished, and the model settings. A
-kill at any moment leaves the previous checkpoint or the new one, never a mix.
+landed is checkpoints/latest.json overwritten (one atomic object write): the message
+protocol.messages.CheckpointPointer lists the pieces (size, CRC32C), the arrays (dtype,
+shape, byte offset) and what a restart needs besides them: the metrics of every epoch
+trained so far (so metrics.jsonl can be rebuilt to exactly the checkpoint's epochs),
+whether training finished, and the model settings. A kill at any moment leaves the
+previous checkpoint or the new one, never a mix. Pieces are decoded in one place,
+`read_arrays`, for the latest checkpoint and for an older one still kept (`kept_weights`).
 
 At most one checkpoint is in flight: `wait` blocks until the previous one has landed and
 returns the seconds it waited (metrics.jsonl's checkpoint_wait_s).
@@ -18,8 +20,6 @@ returns the seconds it waited (metrics.jsonl's checkpoint_wait_s).
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import threading
 import time
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from protocol import CorruptData, EpochMetrics, ForeignRun, InvalidInput, RunDir, parts, storage
-from protocol.messages import describe_differences, differences
+from protocol.messages import ArrayLayout, CheckpointPiece, CheckpointPointer, describe_differences, differences
 
 log = logging.getLogger("ncf.trainer")
 KEEP = 2  # checkpoints kept in the bucket
@@ -49,13 +49,20 @@ class State:
     history: list[EpochMetrics] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Saved:
-    """A complete checkpoint in the bucket: its state, its arrays' URL, and the pointer's fields."""
+    """A complete checkpoint in the bucket: its folder and the pointer that describes its pieces."""
 
-    state: State
-    url: str  # the checkpoint's folder (or, written by an older version, its .npz)
-    pointer: dict[str, Any]
+    pointer: CheckpointPointer
+    url: str  # the checkpoint's folder
+    # False for an older checkpoint read with latest.json's pointer (its own was overwritten):
+    # same layout and piece sizes (same model), but the CRC32Cs are the latest's.
+    own_checksums: bool = True
+
+    @property
+    def state(self) -> State:
+        p = self.pointer
+        return State(p.run_id, p.epochs_done, p.finished, p.started, p.model_config, list(p.history))
 
 
 def pointer_url(run: RunDir) -> str:
@@ -79,24 +86,24 @@ def snapshot(model) -> dict[str, np.ndarray]:
     return arrays
 
 
-def layout(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def layout(arrays: dict[str, np.ndarray]) -> list[ArrayLayout]:
     """The arrays laid end to end: key, dtype, shape, byte offset of each."""
     table, offset = [], 0
     for key, array in arrays.items():
-        table.append({"key": key, "dtype": array.dtype.str, "shape": list(array.shape), "offset": offset,
-                      "nbytes": array.nbytes})
+        table.append(ArrayLayout(key=key, dtype=array.dtype.str, shape=list(array.shape), offset=offset,
+                                 nbytes=array.nbytes))
         offset += array.nbytes
     return table
 
 
-def _piece(arrays: dict[str, np.ndarray], table: list[dict[str, Any]], start: int, stop: int) -> bytes:
+def _piece(arrays: dict[str, np.ndarray], table: list[ArrayLayout], start: int, stop: int) -> bytes:
     """Bytes start:stop of the arrays laid end to end."""
     chunks = []
     for entry in table:
-        lo, hi = max(start, entry["offset"]), min(stop, entry["offset"] + entry["nbytes"])
+        lo, hi = max(start, entry.offset), min(stop, entry.offset + entry.nbytes)
         if lo < hi:
-            flat = memoryview(np.ascontiguousarray(arrays[entry["key"]])).cast("B")
-            chunks.append(flat[lo - entry["offset"]:hi - entry["offset"]])
+            flat = memoryview(np.ascontiguousarray(arrays[entry.key])).cast("B")
+            chunks.append(flat[lo - entry.offset:hi - entry.offset])
     return b"".join(chunks)
 
 
@@ -105,30 +112,28 @@ def folder_name(epochs_done: int) -> str:
 
 
 def upload(run: RunDir, arrays: dict[str, np.ndarray], state: State, pool: ThreadPoolExecutor,
-           piece_bytes: int = PIECE_BYTES) -> dict[str, Any]:
+           piece_bytes: int = PIECE_BYTES) -> CheckpointPointer:
     """Writes the pieces in parallel, then latest.json, then deletes older checkpoints.
     Returns the pointer."""
     table = layout(arrays)
-    total = sum(entry["nbytes"] for entry in table)
+    total = sum(entry.nbytes for entry in table)
     folder = storage.join(run.checkpoints, folder_name(state.epochs_done))
     ranges = [(start, min(start + piece_bytes, total)) for start in range(0, max(total, 1), piece_bytes)]
 
-    def write(index: int) -> dict[str, Any]:
+    def write(index: int) -> CheckpointPiece:
         data = _piece(arrays, table, *ranges[index])
         name = f"piece-{index:05d}"
         storage.write_bytes(storage.join(folder, name), data)
-        return {"name": name, "size": len(data), "crc32c": parts.checksum(data)}
+        return CheckpointPiece(name=name, size=len(data), crc32c=parts.checksum(data))
 
-    pieces = list(pool.map(write, range(len(ranges))))
-    pointer = {
-        "run_id": state.run_id, "epochs_done": state.epochs_done, "finished": state.finished,
-        "started": state.started, "model_config": state.model_config, "folder": folder_name(state.epochs_done),
-        "size": total, "arrays": table, "pieces": pieces, "history": [m.to_dict() for m in state.history],
-    }
-    storage.overwrite(pointer_url(run), json.dumps(pointer, indent=1).encode())
+    pointer = CheckpointPointer(
+        run_id=state.run_id, epochs_done=state.epochs_done, finished=state.finished, started=state.started,
+        model_config=state.model_config, folder=folder_name(state.epochs_done), size=total, arrays=table,
+        pieces=list(pool.map(write, range(len(ranges)))), history=list(state.history))
+    storage.overwrite(pointer_url(run), pointer)
     oldest_kept = folder_name(state.epochs_done - KEEP + 1)
     for old in storage.listdir(run.checkpoints):
-        if old.startswith("ckpt-") and old.removesuffix(".npz") < oldest_kept:
+        if old.startswith("ckpt-") and old < oldest_kept:
             storage.delete(storage.join(run.checkpoints, old))
     return pointer
 
@@ -189,7 +194,7 @@ class Checkpointer:
         pointer = upload(self.run, arrays, state, self._pool, self.piece_bytes)
         self.last_upload_s = time.monotonic() - started
         log.info("checkpoint after epoch %d landed: %.0f MB in %d pieces, %.1f s", state.epochs_done - 1,
-                 pointer["size"] / 1e6, len(pointer["pieces"]), self.last_upload_s)
+                 pointer.size / 1e6, len(pointer.pieces), self.last_upload_s)
         if self.on_landed is not None:
             self.on_landed(state.epochs_done)
 
@@ -210,64 +215,67 @@ def load_state(run: RunDir, run_id: str, model_config: dict[str, Any]) -> Saved 
     url = pointer_url(run)
     if not storage.exists(url):
         return None
-    try:
-        pointer = json.loads(storage.read_bytes(url))
-        history = [EpochMetrics.from_dict(m, url) for m in pointer["history"]]
-        state = State(pointer["run_id"], pointer["epochs_done"], pointer["finished"], pointer["started"],
-                      pointer["model_config"], history)
-    except (ValueError, KeyError, TypeError) as error:
-        raise CorruptData(f"{url}: unreadable checkpoint pointer ({error})") from None
-    if state.run_id != run_id:
-        raise ForeignRun(url, describe_differences({"run_id": run_id}, {"run_id": state.run_id}, ["run_id"],
+    pointer = storage.read_message(url, CheckpointPointer)
+    if pointer.run_id != run_id:
+        raise ForeignRun(url, describe_differences({"run_id": run_id}, {"run_id": pointer.run_id}, ["run_id"],
                                                    "this run", "the checkpoint"))
-    changed = differences(model_config, state.model_config)
+    changed = differences(model_config, pointer.model_config)
     if changed:
-        raise ForeignRun(url, describe_differences(model_config, state.model_config, changed, "the flags",
+        raise ForeignRun(url, describe_differences(model_config, pointer.model_config, changed, "the flags",
                                                    "the checkpoint"))
-    if [m.epoch for m in history] != list(range(state.epochs_done)):
-        raise CorruptData(f"{url}: history lists epochs {[m.epoch for m in history]}, expected 0..{state.epochs_done - 1}")
-    return Saved(state, storage.join(run.checkpoints, pointer.get("folder") or pointer["file"]), pointer)
+    return Saved(pointer, storage.join(run.checkpoints, pointer.folder))
 
 
 def read_arrays(saved: Saved, uploads: int = UPLOADS) -> dict[str, np.ndarray]:
-    """The checkpoint's arrays, its pieces read in parallel and verified (size, CRC32C)."""
+    """The checkpoint's arrays, its pieces read in parallel, each checked for size and (when
+    the pointer is the checkpoint's own) CRC32C: the one place pieces are decoded."""
     pointer = saved.pointer
-    if "pieces" not in pointer:  # one .npz, written by an older version
-        data = storage.read_bytes(saved.url)
-        if len(data) != pointer["size"] or parts.checksum(data) != pointer["crc32c"]:
-            raise CorruptData(f"{saved.url}: size or CRC32C differs from checkpoints/latest.json (corrupted checkpoint)")
-        with np.load(io.BytesIO(data)) as arrays:
-            return {key: arrays[key] for key in sorted(arrays.files)}
-    buffer = np.empty(pointer["size"], np.uint8)
-    offsets = np.concatenate([[0], np.cumsum([p["size"] for p in pointer["pieces"]])])
-    if offsets[-1] != pointer["size"]:
-        raise CorruptData(f"{saved.url}: pieces of {offsets[-1]} bytes in all, latest.json says {pointer['size']}")
+    buffer = np.empty(pointer.size, np.uint8)
+    offsets = np.concatenate([[0], np.cumsum([p.size for p in pointer.pieces])])
 
     def read(index: int) -> None:
-        info = pointer["pieces"][index]
-        url = storage.join(saved.url, info["name"])
+        info = pointer.pieces[index]
+        url = storage.join(saved.url, info.name)
         data = storage.read_bytes(url)
-        if len(data) != info["size"] or parts.checksum(data) != info["crc32c"]:
+        if len(data) != info.size or (saved.own_checksums and parts.checksum(data) != info.crc32c):
             raise CorruptData(f"{url}: size or CRC32C differs from checkpoints/latest.json (corrupted checkpoint)")
         buffer[offsets[index]:offsets[index + 1]] = np.frombuffer(data, np.uint8)
 
     with ThreadPoolExecutor(uploads, thread_name_prefix="ckpt-read") as pool:
-        list(pool.map(read, range(len(pointer["pieces"]))))
-    return {entry["key"]: buffer[entry["offset"]:entry["offset"] + entry["nbytes"]].view(entry["dtype"])
-            .reshape(entry["shape"]) for entry in pointer["arrays"]}
+        list(pool.map(read, range(len(pointer.pieces))))
+    return {entry.key: buffer[entry.offset:entry.offset + entry.nbytes].view(entry.dtype).reshape(entry.shape)
+            for entry in pointer.arrays}
+
+
+def _weights(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [arrays[k] for k in sorted(arrays) if k.startswith("w")]
+
+
+def kept_weights(run: RunDir, epochs_done: int, latest: Saved) -> list[np.ndarray] | None:
+    """The model weights of the checkpoint after `epochs_done` epochs if it is still kept (the
+    last KEEP are), else None. Its own pointer was overwritten, so it is read with the latest
+    one's layout and piece sizes, its CRC32Cs unchecked (see Saved.own_checksums)."""
+    older = Saved(latest.pointer, storage.join(run.checkpoints, folder_name(epochs_done)), own_checksums=False)
+    try:
+        if not storage.listdir(older.url):
+            return None
+        return [array.copy() for array in _weights(read_arrays(older))]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, CorruptData) as error:
+        log.warning("ignoring the checkpoint %s: %s", older.url, error)
+        return None
 
 
 def restore(model, saved: Saved) -> None:
     """Loads weights and optimizer state into a compiled model (built optimizer)."""
     arrays = read_arrays(saved)
-    weights = [arrays[k] for k in sorted(arrays) if k.startswith("w")]
     slots = [arrays[k] for k in sorted(arrays) if k.startswith("o")]
     optimizer = _optimizer(model)
     optimizer.build(model.trainable_variables)
     if len(slots) != len(optimizer.variables) or any(
             tuple(a.shape) != tuple(v.shape) for a, v in zip(slots, optimizer.variables)):
         raise InvalidInput(f"{saved.url}: optimizer state does not fit this model")
-    model.set_weights(weights)
+    model.set_weights(_weights(arrays))
     for variable, value in zip(optimizer.variables, slots):
         variable.assign(value)
-

@@ -18,7 +18,7 @@ tie) with `--export best` (the default), the last one's with `--export last`. Th
 weights are copied to host memory whenever HR@10 improves, so the bucket is never read
 back for them. A restarted trainer knows its best epoch so far from the checkpoint's
 history and takes its weights from the restored checkpoint, or from that epoch's own
-checkpoint while it is still kept (the last KEEP = 2, trainer/checkpoint.py); otherwise
+checkpoint while it is still kept (the last KEEP = 2, trainer/checkpoint.py; kept by trainer/best.py); otherwise
 the best is chosen among the epochs trained after the restart, and if none is trained the
 last epoch is exported, which the log and result.json (`exported_reason`) say.
 """
@@ -29,7 +29,9 @@ import dataclasses
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +43,8 @@ from protocol.peer import Heartbeat
 from protocol.runfiles import epoch_numbers, write_metrics
 from protocol.shards import GeneratorWatch
 
-from . import checkpoint, data, evaluation, export, tensorboard
+from . import checkpoint, data, evaluation, export, serving, tensorboard
+from .best import BestWeights
 from .child import check_alive, spawn_generator, stop_child
 from .config import Config, parse_args
 
@@ -112,6 +115,33 @@ class Waits:
             storage.wait_for(url, float("inf"), what, check=lambda: self.check(url))
 
 
+@dataclass(frozen=True)
+class Network:
+    """NeuMF built under the hardware's strategy, with its compiled epoch and scorer."""
+
+    model: Any
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (users, items) -> logits
+    train_epoch: Callable[[Any], float]  # (blocks) -> mean loss
+    cast_ids: bool  # a TPU takes int32 ids
+
+
+@dataclass
+class EpochLoop:
+    """What the epoch loop works with, gathered once by train(): the run and its settings,
+    where training stands, and the collaborators that outlive an epoch."""
+
+    config: Config
+    run: RunDir
+    command: Command
+    heartbeat: Heartbeat
+    progress: Progress
+    loader: data.Prefetcher
+    writes: BackgroundWriter
+    checkpoints: checkpoint.Checkpointer
+    net: Network
+    best: BestWeights
+
+
 def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, child) -> None:
     if storage.exists(run.result):
         log.info("%s exists: run %s is complete", run.result, command.run_id)
@@ -126,38 +156,45 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
         if not progress.finished and progress.epochs_done < command.epochs:
             loader.start(progress.epochs_done)  # read while the eval data loads and the model builds
         meta, eval_data = load_dataset(run, command, waits)
-        model, score, train_epoch, on_tpu = build_model(config, command, meta, saved)
-        exported = export.Exported(config.export)
-        exported.restore(run, progress.history, saved, model)
+        net = build_model(config, command, meta, saved)
+        best = BestWeights(config.export)
+        best.restore(run, progress.history, saved, net.model)
         with BackgroundWriter("trainer-writes") as writes:
             checkpoints = checkpoint.Checkpointer(run, on_landed=consumed(run, writes, heartbeat, progress.epochs_done))
             checkpoints.last_epochs_done, checkpoints.last_time = progress.epochs_done, time.monotonic()
+            loop = EpochLoop(config, run, command, heartbeat, progress, loader, writes, checkpoints, net, best)
             try:
-                loop_started, first_epoch = time.monotonic(), progress.epochs_done
-                for epoch in range(progress.epochs_done, command.epochs):
-                    if progress.finished:
-                        break
-                    examples, waited = data_for(epoch, run, command, loader, heartbeat, writes)
-                    writes.submit(heartbeat.update, state="training", epoch=epoch, message=None, what="status")
-                    began = time.monotonic()
-                    loss = train_epoch(data.blocks(examples.user, examples.item, examples.label, config.batch_size,
-                                                   config.steps_per_execution, cast_ids=on_tpu))
-                    train_s, began = time.monotonic() - began, time.monotonic()
-                    hr, ndcg = evaluation.evaluate(score, *eval_data, config.eval_batch_size)
-                    record = EpochMetrics(epoch=epoch, hr_at_10=hr, ndcg_at_10=ndcg, loss=loss,
-                                          examples_per_s=examples.num_examples / train_s, data_wait_s=waited,
-                                          train_s=train_s, eval_s=time.monotonic() - began, time=time.time())
-                    eta = (time.monotonic() - loop_started) / (epoch + 1 - first_epoch) * (command.epochs - epoch - 1)
-                    log_epoch(record, command.epochs, examples.num_examples, eta)
-                    end_epoch(run, command, config, model, progress, record, heartbeat, writes, checkpoints)
-                    exported.note(record, model)
-                    del examples
+                train_epochs(loop, eval_data)
                 checkpoints.close()  # the last checkpoint has landed (or its error is raised here)
             finally:
                 checkpoints.close(raise_errors=False)
     finally:
         loader.close()
-    finish(run, config, command, model, progress, heartbeat, meta, exported)
+    finish(loop, meta)
+
+
+def train_epochs(loop: EpochLoop, eval_data: tuple[np.ndarray, ...]) -> None:
+    """From where the progress stands to the last epoch (or the target HR@10)."""
+    config, command, progress, net = loop.config, loop.command, loop.progress, loop.net
+    loop_started, first_epoch = time.monotonic(), progress.epochs_done
+    for epoch in range(progress.epochs_done, command.epochs):
+        if progress.finished:
+            break
+        examples, waited = data_for(loop, epoch)
+        loop.writes.submit(loop.heartbeat.update, state="training", epoch=epoch, message=None, what="status")
+        began = time.monotonic()
+        loss = net.train_epoch(data.blocks(examples.user, examples.item, examples.label, config.batch_size,
+                                           config.steps_per_execution, cast_ids=net.cast_ids))
+        train_s, began = time.monotonic() - began, time.monotonic()
+        hr, ndcg = evaluation.evaluate(net.score, *eval_data, config.eval_batch_size)
+        record = EpochMetrics(epoch=epoch, hr_at_10=hr, ndcg_at_10=ndcg, loss=loss,
+                              examples_per_s=examples.num_examples / train_s, data_wait_s=waited,
+                              train_s=train_s, eval_s=time.monotonic() - began, time=time.time())
+        eta = (time.monotonic() - loop_started) / (epoch + 1 - first_epoch) * (command.epochs - epoch - 1)
+        log_epoch(record, command.epochs, examples.num_examples, eta)
+        end_epoch(loop, record)
+        loop.best.note(record, net.model)
+        del examples
 
 
 def resume(run: RunDir, saved: checkpoint.Saved | None) -> Progress:
@@ -192,11 +229,8 @@ def load_dataset(run: RunDir, command: Command, waits: Waits) -> tuple[DatasetMe
     return meta, (columns["user"], items, mask)
 
 
-def build_model(config: Config, command: Command, meta: DatasetMeta, saved: checkpoint.Saved | None):
-    """NeuMF under the hardware's strategy, restored from the checkpoint if there is one.
-
-    Returns the model, score(users, items) -> logits, train_epoch(blocks) -> loss, and
-    whether ids must be cast for a TPU."""
+def build_model(config: Config, command: Command, meta: DatasetMeta, saved: checkpoint.Saved | None) -> Network:
+    """NeuMF under the hardware's strategy, restored from the checkpoint if there is one."""
     import keras
     import tensorflow as tf
 
@@ -220,18 +254,17 @@ def build_model(config: Config, command: Command, meta: DatasetMeta, saved: chec
             return model.predict_on_batch((users.astype(np.int32), items.astype(np.int32)))
         return score_fn(tf.constant(users.astype(np.int32)), tf.constant(items.astype(np.int32))).numpy()
 
-    return model, score, epoch_trainer(model, distribution, config.xla), choice.kind == "tpu"
+    return Network(model, score, epoch_trainer(model, distribution, config.xla), choice.kind == "tpu")
 
 
-def data_for(epoch: int, run: RunDir, command: Command, loader: data.Prefetcher,
-             heartbeat: Heartbeat, writes: BackgroundWriter) -> tuple[data.Epoch, float]:
+def data_for(loop: EpochLoop, epoch: int) -> tuple[data.Epoch, float]:
     """Epoch `epoch`'s examples and the seconds waited for them; starts reading the next one."""
-    if not loader.ready(epoch):
-        writes.submit(heartbeat.update, state="waiting", epoch=epoch, message=f"waiting for epoch {epoch}",
-                      what="status")
-    examples, waited = loader.get(epoch)
-    if epoch + 1 < command.epochs:
-        loader.start(epoch + 1)  # read the next epoch while this one trains
+    if not loop.loader.ready(epoch):
+        loop.writes.submit(loop.heartbeat.update, state="waiting", epoch=epoch, message=f"waiting for epoch {epoch}",
+                           what="status")
+    examples, waited = loop.loader.get(epoch)
+    if epoch + 1 < loop.command.epochs:
+        loop.loader.start(epoch + 1)  # read the next epoch while this one trains
     return examples, waited
 
 
@@ -242,18 +275,18 @@ def log_epoch(record: EpochMetrics, epochs: int, examples: int, eta: float) -> N
              record.train_s, record.eval_s, record.data_wait_s, duration(eta))
 
 
-def end_epoch(run: RunDir, command: Command, config: Config, model, progress: Progress, record: EpochMetrics,
-              heartbeat: Heartbeat, writes: BackgroundWriter, checkpoints: checkpoint.Checkpointer) -> None:
+def end_epoch(loop: EpochLoop, record: EpochMetrics) -> None:
     """Metrics, TensorBoard, status (queued, in this order), then the checkpoint (see the module docstring)."""
+    config, progress, writes = loop.config, loop.progress, loop.writes
     epochs_done = record.epoch + 1
     reached = config.target_hr is not None and record.hr_at_10 >= config.target_hr
-    finished = epochs_done == command.epochs or reached
-    if reached and epochs_done < command.epochs:
+    finished = epochs_done == loop.command.epochs or reached
+    if reached and epochs_done < loop.command.epochs:
         log.info("HR@10 %.4f reached the target %.4f after epoch %d: stopping", record.hr_at_10, config.target_hr,
                  record.epoch)
-    due = checkpoint_due(config, command, checkpoints, epochs_done, finished)
+    due = checkpoint_due(loop, epochs_done, finished)
     if due:
-        waited = checkpoints.wait()  # at most one checkpoint in flight
+        waited = loop.checkpoints.wait()  # at most one checkpoint in flight
         if waited >= 0.01:
             log.warning("epoch %d: waited %.2f s for the previous checkpoint's upload (checkpoint_wait_s)",
                         record.epoch, waited)
@@ -261,25 +294,24 @@ def end_epoch(run: RunDir, command: Command, config: Config, model, progress: Pr
     progress.history.append(record)
     progress.epochs_done, progress.finished = epochs_done, finished
     history = list(progress.history)
-    writes.submit(write_metrics, run.metrics, history, what="metrics.jsonl")
-    writes.submit(tensorboard.write, run, history, progress.started, what="tensorboard")
-    writes.submit(heartbeat.update, examples_per_s=record.examples_per_s, flush=True, what="status")
+    writes.submit(write_metrics, loop.run.metrics, history, what="metrics.jsonl")
+    writes.submit(tensorboard.write, loop.run, history, progress.started, what="tensorboard")
+    writes.submit(loop.heartbeat.update, examples_per_s=record.examples_per_s, flush=True, what="status")
     if due:
-        checkpoints.start(model, checkpoint.State(command.run_id, epochs_done, finished, progress.started,
-                                                  config.model_config(), history))
-        checkpoints.last_epochs_done, checkpoints.last_time = epochs_done, time.monotonic()
+        loop.checkpoints.start(loop.net.model, checkpoint.State(loop.command.run_id, epochs_done, finished,
+                                                            progress.started, config.model_config(), history))
+        loop.checkpoints.last_epochs_done, loop.checkpoints.last_time = epochs_done, time.monotonic()
 
 
-def checkpoint_due(config: Config, command: Command, checkpoints: checkpoint.Checkpointer, epochs_done: int,
-                   finished: bool) -> bool:
+def checkpoint_due(loop: EpochLoop, epochs_done: int, finished: bool) -> bool:
     """The last epoch, --checkpoint-every epochs or minutes, or else the generator's buffer
     would fill with epochs that no checkpoint covers (they may be deleted only once one does)."""
-    since = epochs_done - checkpoints.last_epochs_done
-    if finished or since >= max(1, command.buffer_epochs - 1):
+    since = epochs_done - loop.checkpoints.last_epochs_done
+    if finished or since >= max(1, loop.command.buffer_epochs - 1):
         return True
-    if config.checkpoint_every_minutes is not None:
-        return time.monotonic() - checkpoints.last_time >= 60 * config.checkpoint_every_minutes
-    return since >= config.checkpoint_every
+    if loop.config.checkpoint_every_minutes is not None:
+        return time.monotonic() - loop.checkpoints.last_time >= 60 * loop.config.checkpoint_every_minutes
+    return since >= loop.config.checkpoint_every
 
 
 def consumed(run: RunDir, writes: BackgroundWriter, heartbeat: Heartbeat, covered: int):
@@ -294,11 +326,11 @@ def consumed(run: RunDir, writes: BackgroundWriter, heartbeat: Heartbeat, covere
     return landed
 
 
-def finish(run: RunDir, config: Config, command: Command, model, progress: Progress, heartbeat: Heartbeat,
-           meta: DatasetMeta, exported: export.Exported) -> None:
+def finish(loop: EpochLoop, meta: DatasetMeta) -> None:
     """The exported model, the report, then result.json (the run's completion marker), then done."""
-    chosen, exported_record, exported_reason = exported.choose(model, progress.history)
-    export.export(run, model, export.read_ids(run, command.run_id, meta))
+    run, config, command, progress = loop.run, loop.config, loop.command, loop.progress
+    chosen, exported_record, exported_reason = loop.best.choose(loop.net.model, progress.history)
+    export.export(run, loop.net.model, serving.read_ids(run, command.run_id, meta))
     try:
         from .report import write_report
 
@@ -326,4 +358,4 @@ def finish(run: RunDir, config: Config, command: Command, model, progress: Progr
     log.info("done: %d epochs, best HR@10 %.4f (epoch %s), last HR@10 %.4f; exported epoch %s (%s, HR@10 %.4f)",
              result.epochs_trained, result.best_hr_at_10, result.best_epoch, result.last_hr_at_10,
              result.exported_epoch, result.exported, result.exported_hr_at_10)
-    heartbeat.update(state="done", epoch=None, message="complete")
+    loop.heartbeat.update(state="done", epoch=None, message="complete")
