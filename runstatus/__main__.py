@@ -64,8 +64,8 @@ def show_once(args: argparse.Namespace, run_dir: RunDir, clear: bool) -> str:
         sys.stdout.write((CLEAR_SCREEN if clear else "") + render(snapshot, kube_lines))
         sys.stdout.flush()
     # A Job out of retries (e.g. OOMKilled every time) never writes 'failed' to the
-    # bucket: only Kubernetes can say that the run is over.
-    if release is not None and any(job.state == "FAILED" for job in release.jobs):
+    # bucket: only Kubernetes can say that the run is over (a JobSet's restart is not).
+    if release is not None and release.failed:
         return "failed"
     return snapshot.phase
 

@@ -2,7 +2,12 @@
 
 The bucket says what the code thinks; the API says what happened to the processes
 (OOMKilled, evicted, unschedulable for want of a GPU node, out of retries), which the
-code cannot write down itself. Only `list` calls are made: this never changes anything.
+code cannot write down itself. Only `list` and `get` calls are made: this never changes
+anything.
+
+With the chart's `workload: jobset` the Jobs belong to a JobSet, which recreates both
+when one fails (up to spec.failurePolicy.maxRestarts, unless a FailJobSet rule matches the
+Job's failure reason): such a failed Job is RESTARTING, not FAILED, and the run goes on.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from typing import Any
 from protocol.errors import first_line
 
 COMPONENTS = ("generator", "trainer")
+JOBSET_API = ("jobset.x-k8s.io", "v1alpha2", "jobsets")  # group, version, plural
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 REQUEST_TIMEOUT = (5, 15)  # connect, read (seconds): a status tool must not hang
 MAX_PODS_SHOWN = 4  # per Job; with restartPolicy Never every retry is a new pod
 
@@ -40,12 +48,34 @@ class PodFacts:
 class JobFacts:
     name: str
     component: str
-    state: str  # COMPLETE, FAILED, SUSPENDED, STARTING, RUNNING or PENDING
+    state: str  # COMPLETE, FAILED, RESTARTING (a JobSet recreates it), SUSPENDED, STARTING, RUNNING or PENDING
     active: int
     succeeded: int
     failed: int
     conditions: list[str] = field(default_factory=list)  # the true ones: "Failed: BackoffLimitExceeded: ..."
     pods: list[PodFacts] = field(default_factory=list)
+    failure_reason: str | None = None  # the Failed condition's reason: BackoffLimitExceeded, DeadlineExceeded, ...
+    jobset: str | None = None  # the JobSet that owns it, if any
+    replicated_job: str | None = None  # its replicatedJob in that JobSet
+
+
+@dataclass
+class JobSetFacts:
+    name: str
+    state: str  # COMPLETED, FAILED, SUSPENDED or RUNNING; UNKNOWN when it could not be read
+    restarts: int = 0
+    max_restarts: int = 0
+    conditions: list[str] = field(default_factory=list)
+    # FailJobSet rules: (Job failure reasons, replicatedJobs they apply to; empty: all).
+    fail_rules: list[tuple[list[str], list[str]]] = field(default_factory=list)
+    error: str | None = None
+
+    def fails_on(self, job: JobFacts) -> bool:
+        """Whether the JobSet answers this failed Job by failing rather than restarting."""
+        if self.state in ("FAILED", "COMPLETED") or self.restarts >= self.max_restarts:
+            return True
+        return any(job.failure_reason in reasons and (not targets or job.replicated_job in targets)
+                   for reasons, targets in self.fail_rules)
 
 
 @dataclass
@@ -53,7 +83,14 @@ class ReleaseFacts:
     namespace: str
     release: str
     jobs: list[JobFacts] = field(default_factory=list)
+    jobset: JobSetFacts | None = None
     error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether Kubernetes says the run is over without success."""
+        return (any(job.state == "FAILED" for job in self.jobs)
+                or (self.jobset is not None and self.jobset.state == "FAILED"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +119,52 @@ def read_release(namespace: str, release: str, kubeconfig: str | None = None) ->
         facts.error = _describe_error(error)
         return facts
     facts.jobs = describe_jobs(jobs.items, pods.items)
+    owners = {job.jobset for job in facts.jobs if job.jobset}
+    if owners:
+        facts.jobset = read_jobset(client.CustomObjectsApi(api), namespace, min(owners))
+        facts.jobs = judge_restarts(facts.jobs, facts.jobset)
     return facts
+
+
+def read_jobset(api, namespace: str, name: str) -> JobSetFacts:
+    """The JobSet `name`, or one in state UNKNOWN saying why it could not be read."""
+    group, version, plural = JOBSET_API
+    try:
+        obj = api.get_namespaced_custom_object(group, version, namespace, plural, name,
+                                               _request_timeout=REQUEST_TIMEOUT)
+    except Exception as error:  # RBAC without jobsets, no CRD, network: the Jobs still show
+        return JobSetFacts(name=name, state="UNKNOWN",
+                           error=_describe_error(error, "get JobSets (needs RBAC get on jobsets.jobset.x-k8s.io)"))
+    return describe_jobset(obj)
+
+
+def describe_jobset(obj: dict) -> JobSetFacts:
+    """A JobSet (as the API returns it, a dict) to the facts shown."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    policy = spec.get("failurePolicy") or {}
+    true_conditions = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
+    kinds = {c["type"] for c in true_conditions}
+    state = next((s for kind, s in (("Completed", "COMPLETED"), ("Failed", "FAILED"), ("Suspended", "SUSPENDED"))
+                  if kind in kinds), "RUNNING")
+    rules = [(rule.get("onJobFailureReasons") or [], rule.get("targetReplicatedJobs") or [])
+             for rule in policy.get("rules") or [] if rule.get("action") == "FailJobSet"]
+    return JobSetFacts(
+        name=obj["metadata"]["name"], state=state, restarts=status.get("restarts") or 0,
+        max_restarts=policy.get("maxRestarts") or 0, fail_rules=rules,
+        conditions=[": ".join(x for x in (c["type"], c.get("reason"), _short(c.get("message"))) if x)
+                    for c in true_conditions if c["type"] in ("Completed", "Failed", "Suspended")],
+    )
+
+
+def judge_restarts(jobs: list[JobFacts], jobset: JobSetFacts) -> list[JobFacts]:
+    """A failed Job that its JobSet will recreate is RESTARTING; an unreadable JobSet
+    changes nothing (a failed Job stays FAILED: better a false alarm than a hung watch)."""
+    if jobset.state == "UNKNOWN":
+        return jobs
+    for job in jobs:
+        if job.state == "FAILED" and job.jobset == jobset.name and not jobset.fails_on(job):
+            job.state = "RESTARTING"
+    return jobs
 
 
 def _api_client(kubeconfig: str | None):
@@ -106,11 +188,11 @@ def _api_client(kubeconfig: str | None):
     return client.ApiClient(configuration)
 
 
-def _describe_error(error: Exception) -> str:
+def _describe_error(error: Exception,
+                    forbidden: str = "list Jobs and pods in the namespace (needs RBAC get/list on jobs.batch and pods)") -> str:
     status = getattr(error, "status", None)
     if status == 403:
-        return ("forbidden: this identity may not list Jobs and pods in the namespace "
-                "(needs RBAC get/list on jobs.batch and pods)")
+        return f"forbidden: this identity may not {forbidden}"
     if status is not None:
         return f"the Kubernetes API answered {status} {getattr(error, 'reason', '')}".strip()
     return f"cannot reach the Kubernetes API: {first_line(error)}"
@@ -165,11 +247,14 @@ def _job_facts(job, pods: list[PodFacts]) -> JobFacts:
         state = "RUNNING"
     else:
         state = "PENDING"
+    labels = job.metadata.labels or {}
+    failure = next((c.reason for c in true_conditions if c.type == "Failed"), None)
     return JobFacts(
         name=job.metadata.name, component=_component(job), state=state,
         active=status.active or 0, succeeded=status.succeeded or 0, failed=status.failed or 0,
         conditions=[": ".join(x for x in (c.type, c.reason, _short(c.message)) if x) for c in true_conditions],
-        pods=pods,
+        pods=pods, failure_reason=failure,
+        jobset=labels.get(JOBSET_NAME_LABEL), replicated_job=labels.get(REPLICATED_JOB_LABEL),
     )
 
 
@@ -232,6 +317,7 @@ def render_release(facts: ReleaseFacts) -> list[str]:
     lines = [f"Kubernetes namespace {facts.namespace}, release {facts.release}"]
     if facts.error:
         return lines + [f"  {facts.error}"]
+    lines += _jobset_lines(facts.jobset)
     found = {job.component for job in facts.jobs}
     for component in COMPONENTS:
         if component not in found:
@@ -245,6 +331,15 @@ def render_release(facts: ReleaseFacts) -> list[str]:
         if len(job.pods) > MAX_PODS_SHOWN:
             lines.append(f"    ... {len(job.pods) - MAX_PODS_SHOWN} older pods")
     return lines
+
+
+def _jobset_lines(jobset: JobSetFacts | None) -> list[str]:
+    if jobset is None:
+        return []
+    if jobset.error:
+        return [f"  JobSet {jobset.name}: cannot read it ({jobset.error}); a failed Job counts as final"]
+    lines = [f"  JobSet {jobset.name}: {jobset.state}, {jobset.restarts} of {jobset.max_restarts} restarts used"]
+    return lines + [f"    {condition}" for condition in jobset.conditions]
 
 
 def _pod_lines(pod: PodFacts) -> list[str]:

@@ -70,6 +70,8 @@ EDGE_CASES = {
     "generator-only": {"dataDir": "gs://b/p", "trainer": {"enabled": False}},
     "trainer-only-local-dir": {"dataDir": "/mnt/runs/x", "generator": {"enabled": False}},
     "existing-service-account": {"dataDir": "gs://b/p", "serviceAccount": {"create": False, "name": "shared"}},
+    # HTTPS to named hosts only, through GKE's FQDNNetworkPolicy; GroupLens too (no ratings).
+    "fqdn-egress": {"dataDir": "gs://b/p", "networkPolicy": {"googleApis": {"egress": "fqdn"}}},
     "overrides": {
         "dataDir": "gs://b/p",
         "fullnameOverride": "my-run",

@@ -206,10 +206,38 @@ def jobset_errors(obj: dict) -> list[str]:
             for e in sorted(jobset_validator().iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]
 
 
+# GKE's FQDNNetworkPolicy (networking.gke.io/v1alpha1) has no published CRD: its fields as
+# GKE's "Control Pod egress traffic using FQDN network policies" page documents them.
+FQDN_POLICY_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "networking.gke.io/v1alpha1"}, "kind": {"const": "FQDNNetworkPolicy"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {"type": "object", "additionalProperties": False, "required": ["podSelector", "egress"], "properties": {
+            "podSelector": {"type": "object", "additionalProperties": False, "properties": {
+                "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "matchExpressions": {"type": "array"}}},
+            "egress": {"type": "array", "items": {"type": "object", "additionalProperties": False, "properties": {
+                "matches": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+                    "properties": {"name": {"type": "string"}, "pattern": {"type": "string"}}}},
+                "ports": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "required": ["port"], "properties": {
+                        "port": {"type": "integer"}, "endPort": {"type": "integer"},
+                        "protocol": {"enum": ["TCP", "UDP", "SCTP"]}}}}}}}}},
+    },
+}
+
+
 def validate(obj: dict, version: str) -> None:
     """Strict validation of one rendered object on Kubernetes `version`. A JobSet is checked
-    against the JobSet CRD's schema, and each Job it makes against Kubernetes' Job schema."""
-    if obj["kind"] == "JobSet":
+    against the JobSet CRD's schema, and each Job it makes against Kubernetes' Job schema; a
+    GKE FQDNNetworkPolicy against FQDN_POLICY_SCHEMA."""
+    if obj["kind"] == "FQDNNetworkPolicy":
+        import jsonschema
+
+        jsonschema.validate(obj, FQDN_POLICY_SCHEMA)
+    elif obj["kind"] == "JobSet":
         errors = jobset_errors(obj)
         if errors:
             raise AssertionError(f"JobSet/{obj['metadata']['name']} breaks the JobSet CRD {JOBSET_VERSION}: " + "; ".join(errors[:10]))

@@ -221,8 +221,9 @@ def test_preset_nvidia():
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     res = spec["containers"][0]["resources"]
     assert res["limits"]["nvidia.com/gpu"] == 8
-    # Exact: requests equal limits, the GPUs included.
-    assert res["limits"] == res["requests"] == {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": 8}
+    # Exact: requests equal limits, the GPUs included (and /tmp's ephemeral storage requested).
+    assert res["limits"] == {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": 8}
+    assert res["requests"] == {**res["limits"], "ephemeral-storage": "10Gi"}
     assert "google.com/tpu" not in res["limits"]
     assert env(spec["containers"][0])["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
 
@@ -236,7 +237,7 @@ def test_preset_tpu():
     assert spec["tolerations"] == [{"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}]
     limits = spec["containers"][0]["resources"]["limits"]
     assert limits["google.com/tpu"] == 4 and "nvidia.com/gpu" not in limits
-    assert spec["containers"][0]["resources"]["requests"] == limits
+    assert spec["containers"][0]["resources"]["requests"] == {**limits, "ephemeral-storage": "10Gi"}
 
 
 def test_user_placement_and_spot_join_the_preset():
@@ -246,7 +247,7 @@ def test_user_placement_and_spot_join_the_preset():
                                        "cloud.google.com/gke-spot": "true", "pool": "a100"}
     assert [t["key"] for t in trainer["tolerations"]] == ["nvidia.com/gpu", "cloud.google.com/gke-spot", "dedicated"]
     assert trainer["containers"][0]["resources"] == {
-        "requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 2},
+        "requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 2, "ephemeral-storage": "10Gi"},
         "limits": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 2}}
     generator = pod_spec(job(objects, "generator"))
     assert generator["nodeSelector"] == {"cloud.google.com/gke-spot": "true"}
@@ -267,8 +268,8 @@ def test_gke_profiles():
     assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert flags(main_container(job(l4, "trainer")))["--dataset"] == "ml-20m"
     assert flags(main_container(job(l4, "trainer")))["--data-dir"].startswith("gs://")
-    for sa in by_kind(l4, "ServiceAccount"):  # the Jobs' and the test pod's
-        assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+    # The ServiceAccounts are made once per namespace (tests/test_chart_gke.py).
+    assert spec["serviceAccountName"] == "ncf-tandem" and not by_kind(l4, "ServiceAccount")
 
     tpu = render(load_values(CHART_DIR / "ci" / "gke-tpu-v5e-values.yaml"))
     spec = pod_spec(job(tpu, "trainer"))
@@ -598,10 +599,13 @@ def test_resources_are_exact():
     # A limit alone gives the request; equal ones are accepted as they are.
     res = main_container(job(render({"generator": {"resources": {
         "requests": {"cpu": "1", "memory": None}, "limits": {"cpu": "1", "memory": "3Gi"}}}}), "generator"))["resources"]
-    assert res == {"requests": {"cpu": "1", "memory": "3Gi"}, "limits": {"cpu": "1", "memory": "3Gi"}}
+    assert res == {"requests": {"cpu": "1", "memory": "3Gi", "ephemeral-storage": "4Gi"},
+                   "limits": {"cpu": "1", "memory": "3Gi"}}
     for name, values in ALL_VALUE_SETS:
         for _, spec in all_pod_specs(render(values)):
             for c in spec["containers"] + spec.get("initContainers", []):
                 res = c["resources"]
-                assert res["requests"] == res["limits"], (name, c["name"], res)
+                # Ephemeral storage is requested for /tmp alone (tests/test_chart_gke.py).
+                exact = {k: v for k, v in res["requests"].items() if k != "ephemeral-storage"}
+                assert exact == res["limits"], (name, c["name"], res)
                 assert {"cpu", "memory"} <= set(res["requests"]), (name, c["name"], res)

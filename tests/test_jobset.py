@@ -67,12 +67,13 @@ def test_the_crd_schema_catches_what_the_api_server_would_refuse():
 def test_done_when_the_trainer_is_done_failed_at_once_on_exit_code_2():
     spec = the_jobset({"workload": "jobset", "jobset": {"maxRestarts": 5}})["spec"]
     assert spec["successPolicy"] == {"operator": "All", "targetReplicatedJobs": ["trainer"]}
-    # A Job failed by its podFailurePolicy (FailJob on exit code 2) fails the JobSet;
-    # anything else falls through to the default action, restarting the pair.
+    # A Job failed by its podFailurePolicy (FailJob on exit code 2) or past its deadline
+    # fails the JobSet; anything else falls through to the default action, restarting the pair.
     assert spec["failurePolicy"]["maxRestarts"] == 5
-    (rule,) = spec["failurePolicy"]["rules"]
-    assert rule["action"] == "FailJobSet" and rule["onJobFailureReasons"] == ["PodFailurePolicy"]
-    assert "targetReplicatedJobs" not in rule  # either Job
+    rules = spec["failurePolicy"]["rules"]
+    assert [(r["action"], r["onJobFailureReasons"]) for r in rules] == [
+        ("FailJobSet", ["PodFailurePolicy"]), ("FailJobSet", ["DeadlineExceeded"])]
+    assert all("targetReplicatedJobs" not in rule for rule in rules)  # either Job
     assert [r["name"] for r in spec["replicatedJobs"]] == ["generator", "trainer"]
     assert all(r["replicas"] == 1 for r in spec["replicatedJobs"])
     # No headless Service: the Jobs talk only through the bucket.

@@ -1,11 +1,13 @@
-"""ncf-status --namespace/--release: the Jobs and pods of a Helm release.
+"""ncf-status --namespace/--release: the Jobs and pods of a Helm release (and its JobSet).
 
 A real cluster cannot run here. In its place a tiny HTTP server on 127.0.0.1 plays the
-Kubernetes API: it answers the list calls for batch/v1 Jobs and v1 Pods with recorded
-responses (tests/data/k8s/<scenario>/, shaped exactly like the API's JobList and PodList),
-and the real kubernetes client reaches it through a kubeconfig written for the test. So
-the client's configuration loading, authentication header, URL building, label selector
-and deserialization into its own models are all exercised.
+Kubernetes API: it answers the list calls for batch/v1 Jobs and v1 Pods, and the get of a
+jobset.x-k8s.io/v1alpha2 JobSet, with recorded responses (tests/data/k8s/<scenario>/,
+shaped exactly like the API's JobList, PodList and JobSet), and the real kubernetes client
+reaches it through a kubeconfig written for the test. So the client's configuration
+loading, authentication header, URL building, label selector and deserialization into its
+own models are all exercised; what the API server and the JobSet controller would do is
+not (the JobSet scenario's status is written by hand from the JobSet API's types).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from testkit.builders import REPO
 RECORDED = Path(__file__).resolve().parent / "data" / "k8s"
 TOKEN = "test-token-7f3a"
 SELECTOR = "app.kubernetes.io/instance=demo,app.kubernetes.io/component in (generator,trainer)"
+JOBSETS = "/apis/jobset.x-k8s.io/v1alpha2/namespaces/ml/jobsets/"
 
 
 class RecordedApi:
@@ -37,6 +40,10 @@ class RecordedApi:
     def __init__(self, scenario: str | None, status: int = 200):
         self.scenario, self.status = scenario, status
         self.requests: list[tuple[str, dict[str, list[str]], str | None]] = []
+        # Answers to successive JobSet gets, the last one repeated (default: the scenario's
+        # jobset.json); jobset_status 403 plays a Role without jobsets.
+        self.jobsets: list[dict] = []
+        self.jobset_status = 200
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,6 +65,8 @@ class RecordedApi:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def answer(self, path: str) -> tuple[int, bytes]:
+        if path.startswith(JOBSETS):
+            return self.jobset(path.removeprefix(JOBSETS))
         files = {"/apis/batch/v1/namespaces/ml/jobs": "jobs.json", "/api/v1/namespaces/ml/pods": "pods.json"}
         if self.status != 200:
             return self.status, self.api_status(self.status, "Forbidden",
@@ -67,6 +76,18 @@ class RecordedApi:
         if path not in files:
             return 404, self.api_status(404, "NotFound", "the server could not find the requested resource")
         return 200, (RECORDED / self.scenario / files[path]).read_bytes()
+
+    def jobset(self, name: str) -> tuple[int, bytes]:
+        if self.jobset_status != 200:
+            return self.jobset_status, self.api_status(
+                self.jobset_status, "Forbidden", f'jobsets.jobset.x-k8s.io "{name}" is forbidden: User '
+                '"system:serviceaccount:ml:default" cannot get resource "jobsets" in API group "jobset.x-k8s.io"')
+        recorded = RECORDED / self.scenario / "jobset.json"
+        body = self.jobsets.pop(0) if len(self.jobsets) > 1 else (
+            self.jobsets[0] if self.jobsets else json.loads(recorded.read_text()))
+        if body["metadata"]["name"] != name:
+            return 404, self.api_status(404, "NotFound", f'jobsets.jobset.x-k8s.io "{name}" not found')
+        return 200, json.dumps(body).encode()
 
     @staticmethod
     def api_status(code: int, reason: str, message: str) -> bytes:
@@ -227,3 +248,104 @@ def test_restarted_containers_show_count_and_last_termination():
     container = generator.pods[0].containers[0]
     assert (container.restarts, container.state) == (2, "running")
     assert container.last_termination == "OOMKilled (exit 137) at 02:25:13 UTC"
+
+
+# --- a JobSet's restarts ---------------------------------------------------------------
+
+def recorded_jobset(**changes) -> dict:
+    """The jobset-restarting scenario's JobSet with `status` and `failurePolicy` changes."""
+    jobset = json.loads((RECORDED / "jobset-restarting" / "jobset.json").read_text())
+    jobset["status"].update(changes.get("status", {}))
+    jobset["spec"]["failurePolicy"].update(changes.get("failurePolicy", {}))
+    return jobset
+
+
+EXHAUSTED = {"status": {"restarts": 3, "conditions": [{
+    "type": "Failed", "status": "True", "reason": "ReachedMaxRestarts",
+    "message": "jobset failed due to reaching max number of restarts", "lastTransitionTime": "2026-11-26T04:02:10Z"}]}}
+
+
+@pytest.mark.parametrize("recorded_api", [("jobset-restarting",)], indirect=True)
+def test_a_failed_job_that_the_jobset_recreates_is_restarting(recorded_api, tmp_path, cli_env):
+    run = RunDir(str(tmp_path / "run"))
+    fake_run.mid_run(run)
+    config = write_kubeconfig(tmp_path / "kubeconfig", recorded_api.url)
+
+    done = ncf_status(cli_env, run.url, "--namespace", "ml", "--release", "demo", "--kubeconfig", str(config))
+
+    assert done.returncode == 0, done.stderr
+    kube = done.stdout[done.stdout.index("Kubernetes namespace ml"):]
+    assert "JobSet demo-ncf-tandem: RUNNING, 1 of 3 restarts used" in kube
+    assert "trainer Job demo-ncf-tandem-trainer-0: RESTARTING" in kube
+    assert "Failed: BackoffLimitExceeded: Job has reached the specified backoff limit" in kube
+    assert "generator Job demo-ncf-tandem-generator-0: RUNNING" in kube
+    # The JobSet named by the Jobs' label, read with the same credentials.
+    gets = [(path, auth) for path, _, auth in recorded_api.requests if path.startswith(JOBSETS)]
+    assert gets == [(JOBSETS + "demo-ncf-tandem", f"Bearer {TOKEN}")]
+
+
+@pytest.mark.parametrize("recorded_api", [("jobset-restarting",)], indirect=True)
+def test_watch_goes_on_while_the_jobset_restarts_and_ends_when_it_fails(recorded_api, tmp_path, cli_env):
+    recorded_api.jobsets = [recorded_jobset(), recorded_jobset(status={"restarts": 2}), recorded_jobset(**EXHAUSTED)]
+    run = RunDir(str(tmp_path / "run"))
+    fake_run.mid_run(run)
+    config = write_kubeconfig(tmp_path / "kubeconfig", recorded_api.url)
+
+    done = ncf_status(cli_env, run.url, "--watch", "0.2", "--namespace", "ml", "--release", "demo",
+                      "--kubeconfig", str(config))
+
+    assert done.returncode == 1
+    screens = done.stdout.split("ncf-tandem run ")[1:]
+    assert len(screens) == 3
+    assert all("trainer Job demo-ncf-tandem-trainer-0: RESTARTING" in s for s in screens[:2])
+    assert "1 of 3 restarts used" in screens[0] and "2 of 3 restarts used" in screens[1]
+    assert "JobSet demo-ncf-tandem: FAILED, 3 of 3 restarts used" in screens[2]
+    assert "Failed: ReachedMaxRestarts: jobset failed due to reaching max number of restarts" in screens[2]
+    assert "trainer Job demo-ncf-tandem-trainer-0: FAILED" in screens[2]
+
+
+@pytest.mark.parametrize("recorded_api", [("jobset-restarting",)], indirect=True)
+@pytest.mark.parametrize("changes, trainer_state", [
+    ({}, "RESTARTING"),
+    # Every restart used, before the controller has marked the JobSet Failed.
+    ({"status": {"restarts": 3}}, "FAILED"),
+    # A FailJobSet rule for the Job's reason (the chart's rules name PodFailurePolicy and
+    # DeadlineExceeded; here the recorded BackoffLimitExceeded).
+    ({"failurePolicy": {"rules": [{"name": "r", "action": "FailJobSet", "onJobFailureReasons": ["BackoffLimitExceeded"]}]}},
+     "FAILED"),
+    # ... unless the rule is for the other replicatedJob.
+    ({"failurePolicy": {"rules": [{"name": "r", "action": "FailJobSet", "onJobFailureReasons": ["BackoffLimitExceeded"],
+                                   "targetReplicatedJobs": ["generator"]}]}}, "RESTARTING"),
+    # Other actions restart (RestartJobSet) or do not count a restart (RestartJobSetAndIgnoreMaxRestarts).
+    ({"failurePolicy": {"rules": [{"name": "r", "action": "RestartJobSet", "onJobFailureReasons": ["BackoffLimitExceeded"]}]}},
+     "RESTARTING"),
+])
+def test_the_jobsets_failure_policy_decides(recorded_api, tmp_path, changes, trainer_state):
+    recorded_api.jobsets = [recorded_jobset(**changes)]
+    config = write_kubeconfig(tmp_path / "kubeconfig", recorded_api.url)
+
+    # In process (what --json prints), through the real client: the screen is tested above.
+    kube = read_release("ml", "demo", str(config)).to_dict()
+
+    jobs = {job["component"]: job for job in kube["jobs"]}
+    assert jobs["trainer"]["state"] == trainer_state
+    assert (jobs["trainer"]["failure_reason"], jobs["trainer"]["replicated_job"]) == ("BackoffLimitExceeded", "trainer")
+    assert kube["jobset"]["max_restarts"] == 3
+
+
+@pytest.mark.parametrize("recorded_api", [("jobset-restarting",)], indirect=True)
+def test_a_jobset_that_cannot_be_read_leaves_a_failed_job_final(recorded_api, tmp_path, cli_env):
+    # A Role without jobsets (e.g. an older chart): better a false alarm than a watch that
+    # never ends.
+    recorded_api.jobset_status = 403
+    run = RunDir(str(tmp_path / "run"))
+    fake_run.mid_run(run)
+    config = write_kubeconfig(tmp_path / "kubeconfig", recorded_api.url)
+
+    done = ncf_status(cli_env, run.url, "--watch", "0.2", "--namespace", "ml", "--release", "demo",
+                      "--kubeconfig", str(config))
+
+    assert done.returncode == 1
+    assert ("JobSet demo-ncf-tandem: cannot read it (forbidden: this identity may not get JobSets "
+            "(needs RBAC get on jobsets.jobset.x-k8s.io)); a failed Job counts as final") in done.stdout
+    assert "trainer Job demo-ncf-tandem-trainer-0: FAILED" in done.stdout

@@ -74,6 +74,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
+A LabelSelector for the pods that run the programs (the Jobs' and the helm
+test pod), which the NetworkPolicies constrain and the emulator serves.
+*/}}
+{{- define "ncf-tandem.podsSelector" -}}
+matchLabels:
+  {{- include "ncf-tandem.selectorLabels" . | nindent 2 }}
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values: [generator, trainer, test]
+{{- end }}
+
+{{/*
 Create the name of the service account to use
 */}}
 {{- define "ncf-tandem.serviceAccountName" -}}
@@ -88,7 +101,7 @@ Create the name of the service account to use
 The helm test pod's own ServiceAccount: the only one whose token is mounted.
 */}}
 {{- define "ncf-tandem.testServiceAccountName" -}}
-{{- default (printf "%s-test" (include "ncf-tandem.fullname" .)) .Values.tests.serviceAccountName }}
+{{- default (printf "%s-test" (include "ncf-tandem.fullname" .)) .Values.tests.serviceAccount.name }}
 {{- end }}
 
 {{/*

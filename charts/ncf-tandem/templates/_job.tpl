@@ -149,6 +149,16 @@ applies) and no suspend (the JobSet is what Kueue suspends).
 {{- $root := .root }}
 {{- $c := index $root.Values .name }}
 {{- $pod := include (printf "ncf-tandem.%s.pod" .name) $root | fromYaml }}
+{{- $resources := default dict $pod.resources }}
+{{- if and $c.scratch.sizeLimit (ne $c.scratch.medium "Memory") }}
+{{- /* A /tmp on disk is ephemeral storage: request what it may hold, so the
+       pod lands where it fits (GKE Autopilot would give it 1Gi and evict). */ -}}
+{{- $requests := default dict $resources.requests }}
+{{- if not (hasKey $requests "ephemeral-storage") }}
+{{- $_ := set $requests "ephemeral-storage" $c.scratch.sizeLimit }}
+{{- end }}
+{{- $_ := set $resources "requests" $requests }}
+{{- end }}
 {{- $podSecurityContext := mergeOverwrite (deepCopy $root.Values.podSecurityContext) (deepCopy (default dict $c.podSecurityContext)) }}
 {{- $securityContext := mergeOverwrite (deepCopy $root.Values.securityContext) (deepCopy (default dict $c.securityContext)) }}
 {{- if and $root.Values.kueue.queueName (not .inJobSet) }}
@@ -241,7 +251,7 @@ template:
           {{- with $c.env }}
           {{- toYaml . | nindent 10 }}
           {{- end }}
-        {{- with $pod.resources }}
+        {{- with $resources }}
         resources:
           {{- toYaml . | nindent 10 }}
         {{- end }}
