@@ -10,7 +10,9 @@ import pytest
 
 from generator.movielens1b import MovieLens1B
 from generator.synthetic1b import FULL, SyntheticExpanded
-from protocol import InvalidInput, storage
+from protocol import DatasetMeta, DatasetSpec, InvalidInput, MessageError, RunDir, storage
+from testkit.builders import publish_command
+from testkit.generator_support import last_line, make_command, read_columns, read_ready, run_generator
 from testkit.movielens1b import save, write_shards
 
 
@@ -130,3 +132,32 @@ def test_synthetic_at_full_scale_has_ml_20mx16x32s_shape():
     index = SyntheticExpanded().index()  # no item is made: the index alone
     assert (index.num_users, index.num_items) == (2_197_225, 855_776)
     assert abs(index.num_train / 1_223_962_043 - 1) < 0.01
+
+
+def test_the_generator_makes_a_run_from_the_shards(run_url, cli_env):
+    shards = storage.join(storage.parent(run_url), "ml-20mx16x32")
+    written = write_shards(shards, shards=3)
+    publish_command(run_url, make_command("ml-20mx16x32", shards, epochs=1, eval_negatives=20))
+    result = run_generator(run_url, cli_env)
+    assert result.returncode == 0, result.stderr
+    run = RunDir(run_url)
+    meta = storage.read_message(run.meta, DatasetMeta)
+    train_rows = sum(len(t) for t in written.train)
+    assert (meta.num_users, meta.num_train) == (len(written.raw_users), train_rows)
+    assert read_ready(run_url, 0).num_examples == train_rows * 5
+    eval_users = read_columns(run_url, None)["user"]
+    np.testing.assert_array_equal(eval_users, np.arange(len(written.raw_users)))
+
+
+def test_the_generator_refuses_a_full_set_with_other_counts_with_exit_2(tmp_path, cli_env):
+    write_shards(str(tmp_path / "ml-20mx16x32"), shards=16, block=4, num_items=60)
+    run_url = str(tmp_path / "run")
+    publish_command(run_url, make_command("ml-20mx16x32", str(tmp_path / "ml-20mx16x32"), epochs=1))
+    result = run_generator(run_url, cli_env)
+    assert result.returncode == 2
+    assert "not GroupLens' ml-20mx16x32: train interactions" in last_line(result.stderr)
+
+
+def test_ml_20mx16x32_needs_its_shards_named():
+    with pytest.raises(MessageError, match="dataset.ratings.*the folder of ml-20mx16x32's shards"):
+        DatasetSpec(name="ml-20mx16x32")

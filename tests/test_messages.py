@@ -118,7 +118,8 @@ def test_dataset_names_and_eval_modes_come_from_their_types():
     from protocol.messages import DATASETS, EVAL_MODES
     from trainer.config import PRESETS
 
-    assert DATASETS == ("ml-100k", "ml-1m", "ml-20m", "synthetic-small", "synthetic-20m")
+    assert DATASETS == ("ml-100k", "ml-1m", "ml-20m", "ml-20mx16x32", "synthetic-small", "synthetic-20m",
+                        "synthetic-20mx16x32")
     assert EVAL_MODES == ("mlperf", "paper")
     assert set(PRESETS) == set(DATASETS)
 
