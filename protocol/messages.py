@@ -24,7 +24,6 @@ PROTOCOL_VERSION = 1
 DatasetName = Literal["ml-100k", "ml-1m", "ml-20m", "ml-20mx16x32", "synthetic-small", "synthetic-20m",
                       "synthetic-20mx16x32"]
 EvalMode = Literal["mlperf", "paper"]
-ExportMode = Literal["best", "last"]  # which epoch's weights model/ holds
 Side = Literal["generator", "trainer"]
 State = Literal["starting", "waiting", "preprocessing", "generating", "training", "done", "failed"]
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
@@ -149,6 +148,10 @@ def _convert(value: Any, hint: Any, source: str, name: str) -> Any:
         if not isinstance(value, list):
             raise MessageError(source, name, "a list", value)
         return [_convert(v, args[0], source, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MessageError(source, name, "a JSON object", value)
+        return dict(value)
     if isinstance(hint, type) and issubclass(hint, Message):
         return hint.from_dict(value, source, name + ".")
     if hint is float:
@@ -374,6 +377,72 @@ class EpochMetrics(Message):
 
 
 @dataclass(frozen=True)
+class ArrayLayout(Message):
+    """One array of a checkpoint: bytes offset:offset + nbytes of its arrays laid end to end."""
+
+    source_name: ClassVar[str] = "array"
+    key: str  # w<index> a model weight, o<index> an optimizer slot (checkpoint order)
+    dtype: str  # numpy's dtype.str, e.g. '<f4'
+    shape: list[int]
+    offset: int = at_least(0)
+    nbytes: int = at_least(0)
+
+
+@dataclass(frozen=True)
+class CheckpointPiece(Message):
+    """One object of a checkpoint's folder: the next `size` bytes of its arrays laid end to end."""
+
+    source_name: ClassVar[str] = "piece"
+    name: str
+    size: int = at_least(0)
+    crc32c: int = at_least(0)
+
+
+@dataclass(frozen=True)
+class CheckpointPointer(Message):
+    """checkpoints/latest.json: the last checkpoint whose pieces have all landed.
+
+    Overwritten (one atomic object write) by the trainer only after every piece of
+    checkpoints/<folder>/ is written, so a reader finds the previous checkpoint or this one,
+    never a mix. Besides the pieces and the arrays' layout it holds what a restart needs:
+    the metrics of every epoch trained so far, whether training finished, and the model
+    settings the weights were trained with.
+    """
+
+    source_name: ClassVar[str] = "latest.json"
+    run_id: str
+    epochs_done: int = at_least(1)
+    finished: bool  # no more epochs to train (all done, or the target HR@10 was reached)
+    started: float  # wall clock when the run first trained
+    model_config: dict[str, Any]
+    folder: str  # ckpt-<epochs_done:06d>, beside latest.json
+    size: int = at_least(0)  # bytes of all arrays laid end to end
+    arrays: list[ArrayLayout]
+    pieces: list[CheckpointPiece]
+    history: list[EpochMetrics]
+    protocol: int = PROTOCOL_VERSION
+    # Pointers written before latest.json became a message carry no version.
+    optional_fields: ClassVar[tuple[str, ...]] = ("protocol",)
+
+    def validate(self, source: str) -> None:
+        _check_protocol(self.protocol, source)
+        _check_run_id(self.run_id, source)
+        if not self.folder or "/" in self.folder or self.folder.startswith("."):
+            raise MessageError(source, "folder", "a plain folder name beside latest.json", self.folder)
+        epochs = [m.epoch for m in self.history]
+        if epochs != list(range(self.epochs_done)):
+            raise MessageError(source, "history", f"the metrics of epochs 0..{self.epochs_done - 1}", epochs)
+        if sum(p.size for p in self.pieces) != self.size:
+            raise MessageError(source, "pieces", f"sizes adding up to size ({self.size})",
+                               sum(p.size for p in self.pieces))
+        if len({p.name for p in self.pieces}) != len(self.pieces) or any("/" in p.name for p in self.pieces):
+            raise MessageError(source, "pieces", "distinct plain file names")
+        for entry in self.arrays:
+            if entry.offset + entry.nbytes > self.size:
+                raise MessageError(source, "arrays", f"byte ranges within size ({self.size})", entry.key)
+
+
+@dataclass(frozen=True)
 class Result(Message):
     """result.json: the run's outcome, written once by the trainer at the end."""
 
@@ -391,7 +460,7 @@ class Result(Message):
     wall_s: float = at_least(0.0, default=0.0)
     protocol: int = PROTOCOL_VERSION
     # The model in model/: which epoch's weights (--export best|last), and their HR@10 / NDCG@10.
-    exported: ExportMode | None = None
+    exported: Literal["best", "last"] | None = None
     exported_epoch: int | None = None
     exported_hr_at_10: float = at_least(0.0, default=0.0)
     exported_ndcg_at_10: float = at_least(0.0, default=0.0)
