@@ -12,7 +12,8 @@ One epoch is made in two stages over a shared buffer of packed examples
 
 The loops over examples are compiled (generator.kernels).
 
-Uploads are decoupled from sampling: a finished part goes to `upload_concurrency` upload
+Uploads to a bucket are decoupled from sampling (protocol.uploads; on local disk a part
+is written at once by the worker that made it): a finished part goes to `upload_concurrency` upload
 threads (one connection to GCS moves 60-200 MB/s, so throughput comes from many in
 flight), and at most `queued_parts` parts (2 x upload_concurrency: the ones uploading
 plus as many waiting) are held in memory at once; a worker that would exceed that waits
@@ -43,6 +44,7 @@ import numpy as np
 
 from protocol import InvalidInput, PartInfo, RunDir, parts, storage
 from protocol.parts import id_dtype
+from protocol.uploads import Uploads
 
 from . import kernels
 from .config import DEFAULT_PART_EXAMPLES, DEFAULT_UPLOAD_CONCURRENCY
@@ -166,7 +168,7 @@ class EpochWriter:
         _reuse_freed_memory()
         self._buffer = np.empty(max(layout.num_examples for layout in self.layouts.values()), np.uint64)
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="epoch") if workers > 1 else None
-        self._uploads = ThreadPoolExecutor(upload_concurrency, thread_name_prefix="upload")
+        self._uploads = Uploads(upload_concurrency)
         self.queued_parts = 2 * upload_concurrency
         self._slots = threading.BoundedSemaphore(self.queued_parts)
 
@@ -186,7 +188,7 @@ class EpochWriter:
         if self._threads is not None:
             self._threads.shutdown(wait=True, cancel_futures=True)
             self._threads = None
-        self._uploads.shutdown(wait=True, cancel_futures=True)
+        self._uploads.shutdown()
 
     def write(self, epoch: int, folder: str, slice_index: int = 0) -> list[PartInfo]:
         """Samples, shuffles and writes epoch `epoch` (its slice slice_index) as parts under
@@ -234,7 +236,7 @@ class EpochWriter:
         self._slots.acquire()
         try:
             encoded = self._encode_part(piece, streams, bin_bounds)
-            future = self._uploads.submit(parts.write_encoded, url, encoded)
+            future = self._uploads.submit(url, parts.write_encoded, url, encoded)
         except BaseException:
             self._slots.release()
             raise

@@ -53,19 +53,26 @@ class Encoded:
 
 
 def empty(num_examples: int, dtypes: dict[str, np.dtype], trailing: dict[str, tuple[int, ...]] | None = None) -> Encoded:
-    """A part of num_examples examples, header written, columns zero (shape: num_examples
-    then trailing[name], if any). Filling its columns in place saves a copy of every byte."""
+    """A part of num_examples examples, header written, columns to be filled, every element
+    of them (shape: num_examples then trailing[name], if any). Filling its columns in place
+    saves a copy of every byte; leaving them unset until then saves zeroing them (a tenth of
+    the time of writing an epoch to local disk, bench/epoch_writer.py)."""
     num_examples = int(num_examples)
     shapes = {name: (num_examples, *(trailing or {}).get(name, ())) for name in dtypes}
-    specs, offset = [], 0
+    specs, ends, offset = [], [], 0
     for name, dtype in dtypes.items():
         dtype = np.dtype(dtype)
         specs.append({"name": name, "dtype": dtype.str, "shape": list(shapes[name]), "offset": offset})
-        offset = _aligned(offset + dtype.itemsize * int(np.prod(shapes[name])))
+        ends.append(offset + dtype.itemsize * int(np.prod(shapes[name])))
+        offset = _aligned(ends[-1])
     header = json.dumps({"format": FORMAT_VERSION, "num_examples": num_examples, "columns": specs}).encode()
     start = _aligned(len(MAGIC) + 4 + len(header))
-    data = (ctypes.c_char * (start + offset))()  # zeroed
-    data[:len(MAGIC) + 4 + len(header)] = MAGIC + struct.pack("<I", len(header)) + header
+    memory = np.empty(start + offset, np.uint8)  # not zeroed: the columns get filled
+    memory[:start] = 0
+    memory[:len(MAGIC) + 4 + len(header)] = np.frombuffer(MAGIC + struct.pack("<I", len(header)) + header, np.uint8)
+    for end, spec in zip(ends, [*specs[1:], {"offset": offset}]):  # the padding between columns: zero, as bytes are the checksum's
+        memory[start + end:start + spec["offset"]] = 0
+    data = (ctypes.c_char * len(memory)).from_buffer(memory)
     columns = {spec["name"]: np.frombuffer(data, spec["dtype"], int(np.prod(spec["shape"])), start + spec["offset"])
                .reshape(spec["shape"]) for spec in specs}
     return Encoded(data, columns, num_examples)

@@ -37,6 +37,22 @@ def test_item_ids_beyond_65535_are_kept():
     assert decoded["item"].tolist() == [0, 65_535, 65_536, 4_000_000_000]
 
 
+def test_bytes_outside_the_columns_are_zero_whatever_the_memory_held():
+    for _ in range(20):  # leave freed memory full of ones for the next part to reuse
+        np.full(1 << 16, 255, np.uint8)
+    columns = {"label": np.ones(3, np.uint8), "item": np.full(3, 7, np.uint32)}
+    part = parts.encode(columns)
+    data = np.frombuffer(part.data, np.uint8)
+    inside = np.zeros(len(data), bool)
+    header_end = len(parts.MAGIC) + 4 + int.from_bytes(bytes(data[8:12]), "little")
+    inside[:header_end] = True
+    for column in part.columns.values():
+        offset = column.__array_interface__["data"][0] - data.__array_interface__["data"][0]
+        inside[offset:offset + column.nbytes] = True
+    assert not data[~inside].any() and (~inside).sum() > 100
+    assert bytes(part.data) == bytes(parts.encode(columns).data)
+
+
 def test_header_describes_format_counts_and_dtypes():
     data = bytes(parts.encode(train_columns(n=3)).data)
     assert data.startswith(parts.MAGIC)
