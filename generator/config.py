@@ -46,12 +46,13 @@ def usable_cpus() -> int:
 @dataclass(frozen=True)
 class Options:
     data_dir: str = flag(help="run directory: a local path or gs://bucket/prefix",
-                         not_in_chart="dataDir: the run directory both Jobs share")
+                         not_in_chart="set from dataDir, the run directory both Jobs share")
     workers: int = flag(default_factory=usable_cpus, bounds=POSITIVE, chart="workers",
                         default_text="the CPUs this container may use",
                         help="worker threads for sampling and writing; does not change the output")
     start_timeout: float = flag(START_TIMEOUT_S, bounds=POSITIVE, chart="timeouts.start",
-                                help="seconds to wait for command.json and the trainer's first heartbeat")
+                                help="seconds to wait for command.json and the trainer's first heartbeat "
+                                     "(GPU and TPU nodes can take many minutes to provision)")
     peer_timeout: float = flag(PEER_TIMEOUT_S, bounds=POSITIVE, chart="timeouts.peer",
                                help="seconds the trainer's heartbeat may stay unchanged before giving up")
     heartbeat_interval: float = flag(HEARTBEAT_INTERVAL_S, bounds=POSITIVE, chart="timeouts.heartbeatInterval",

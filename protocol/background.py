@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .errors import describe_error
+
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +60,7 @@ class BackgroundWriter:
                 with self._lock:
                     if self._error is None:
                         self._error = (what, error)
-                log.warning("background write failed (%s): %s: %s", what, type(error).__name__, error)
+                log.warning("background write failed (%s): %s", what, describe_error(error))
                 raise
             finally:
                 self.busy_s += time.monotonic() - started

@@ -24,6 +24,7 @@ PROTOCOL_VERSION = 1
 DatasetName = Literal["ml-100k", "ml-1m", "ml-20m", "ml-20mx16x32", "synthetic-small", "synthetic-20m",
                       "synthetic-20mx16x32"]
 EvalMode = Literal["mlperf", "paper"]
+ExportMode = Literal["best", "last"]  # which epoch's weights model/ holds
 Side = Literal["generator", "trainer"]
 State = Literal["starting", "waiting", "preprocessing", "generating", "training", "done", "failed"]
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
@@ -460,7 +461,7 @@ class Result(Message):
     wall_s: float = at_least(0.0, default=0.0)
     protocol: int = PROTOCOL_VERSION
     # The model in model/: which epoch's weights (--export best|last), and their HR@10 / NDCG@10.
-    exported: Literal["best", "last"] | None = None
+    exported: ExportMode | None = None
     exported_epoch: int | None = None
     exported_hr_at_10: float = at_least(0.0, default=0.0)
     exported_ndcg_at_10: float = at_least(0.0, default=0.0)

@@ -3,6 +3,7 @@ values with the flags each must render as."""
 
 from __future__ import annotations
 
+from generator.__main__ import parser as generator_parser
 from testkit.k8s_support import CI_VALUES, load_values
 
 EVERY_TRAINING_VALUE = {
@@ -24,6 +25,15 @@ EVERY_TRAINING_VALUE = {
     "mixedPrecision": True,
     "xla": True,
     "stepsPerExecution": 32,
+    "recipe": "mlperf-v0.5-large-batch",  # its batch size and learning rate give way to the flags above
+    "adamBeta1": 0.25,
+    "adamBeta2": 0.5,
+    "adamEpsilon": 1e-07,
+    "warmupSteps": 100,
+    "export": "last",
+    "readConcurrency": 8,
+    "checkpointEvery": 2,
+    "checkpointEveryMinutes": 7.5,
 }
 # What the trainer must receive for EVERY_TRAINING_VALUE, flag by flag.
 EVERY_TRAINING_FLAG = {
@@ -45,15 +55,29 @@ EVERY_TRAINING_FLAG = {
     "--mixed-precision": True,
     "--xla": True,
     "--steps-per-execution": "32",
+    "--recipe": "mlperf-v0.5-large-batch",
+    "--adam-beta-1": "0.25",
+    "--adam-beta-2": "0.5",
+    "--adam-epsilon": "1e-07",
+    "--warmup-steps": "100",
+    "--export": "last",
+    "--read-concurrency": "8",
+    "--checkpoint-every": "2",
+    "--checkpoint-every-minutes": "7.5",
 }
-TRAINER_FLAGS = set(EVERY_TRAINING_FLAG) | {"--data-dir", "--start-timeout", "--peer-timeout",
-                                            "--heartbeat-interval"}
-GENERATOR_FLAGS = {"--data-dir", "--workers", "--start-timeout", "--peer-timeout",
-                   "--heartbeat-interval", "--cache-dir"}
+EVERY_TIMEOUT_VALUE = {"start": 5400, "peer": 90.5, "heartbeatInterval": 0.25}
+EVERY_GENERATOR_VALUE = {"workers": 3, "cacheDir": "gs://b/cache", "partExamples": 100000, "uploadConcurrency": 4,
+                         "timeouts": EVERY_TIMEOUT_VALUE}
+# A value for every flag the chart renders (tests/test_chart_flags.py: a flag without one fails).
+EVERY_FLAG_VALUE = {"dataDir": "gs://b/p", "generator": EVERY_GENERATOR_VALUE,
+                    "trainer": {"training": EVERY_TRAINING_VALUE, "timeouts": EVERY_TIMEOUT_VALUE}}
+# Every flag ncf-generator knows, from its own parser.
+GENERATOR_FLAGS = {option for action in generator_parser()._actions for option in action.option_strings} - {"-h", "--help"}
 
 EDGE_CASES = {
     "defaults": {},
     "every-training-value": {"dataDir": "gs://b/p", "trainer": {"training": EVERY_TRAINING_VALUE}},
+    "every-flag-value": EVERY_FLAG_VALUE,
     "nvidia-2-gpus-spot-with-user-placement": {
         "dataDir": "gs://b/p",
         "trainer": {

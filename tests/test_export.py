@@ -160,10 +160,8 @@ def test_titles_of_every_movielens_format(tmp_path):
 
 
 def test_ncf_recommend_reads_a_gs_model(served, gcs_bucket, capsys):
-    from trainer.export import upload_tree
-
     model, ids, path = served
-    upload_tree(path, gcs_bucket + "/run/model/saved_model")
+    storage.put_tree(path, gcs_bucket + "/run/model/saved_model")
     assert recommend_cli(["--model", gcs_bucket + "/run/model", "--user", str(ids.user_raw[0])]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [int(line.split()[1]) for line in lines[1:]] == brute_force(model, ids, np.array([0]), 10)[0][0].tolist()
@@ -171,7 +169,7 @@ def test_ncf_recommend_reads_a_gs_model(served, gcs_bucket, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--user", "123456789012"], "user 123456789012 is not in the model's training data"),
-    (["--user", "1", "--k", "0"], "--k: expected at least 1, got 0"),
+    (["--user", "1", "--k", "0"], "ncf-recommend: --k: expected a positive integer, got 0"),
     (["--user", "x"], "--user: expected an integer user id"),
 ])
 def test_ncf_recommend_bad_input_exits_2(served, args, message, capsys):

@@ -321,3 +321,16 @@ def test_a_zonal_bucket_is_refused_with_exit_2(gcs_bucket, monkeypatch):
     with pytest.raises(InvalidInput, match="zonal bucket.*RAPID.*Standard bucket") as caught:
         storage.ensure_writable(f"{gcs_bucket}/run")
     assert exit_code_for(caught.value) == EXIT_INVALID
+
+
+def test_a_folder_tree_goes_up_and_comes_back_on_either_backend(run_url, tmp_path):
+    local = tmp_path / "tree"
+    (local / "a" / "b").mkdir(parents=True)
+    (local / "top.bin").write_bytes(b"1")
+    (local / "a" / "b" / "deep.pb").write_bytes(b"22")
+    model = storage.join(run_url, "model")
+    assert storage.put_tree(str(local), model) == 2
+    assert storage.listdir(model) == ["a", "top.bin"]
+    back = tmp_path / "back"
+    assert storage.get_tree(model, str(back)) == 2
+    assert (back / "top.bin").read_bytes() == b"1" and (back / "a" / "b" / "deep.pb").read_bytes() == b"22"

@@ -12,12 +12,16 @@ says how a field becomes a flag):
    Its annotation is its type (bool, int, float, str, list[int], a Literal of choices,
    `X | None` for unset). The default is written there only.
 2. The chart value: `chart="training.someFlag"` names it under trainer: (under generator: for
-   the generator); add that key to charts/ncf-tandem/values.yaml (null or "": the program's
-   default) and a row to `ncf-tandem.trainer.pod` in templates/_job.tpl; or, where the chart
-   must not have one, `not_in_chart="why"`. tests/test_chart_flags.py renders the chart with a
-   value for every flag (testkit/chart_values.py) and parses the result with this parser.
-3. Regenerate what follows from the table: `python scripts/chart_flags.py` (values.schema.json
-   entries, the chart README's values table); tests/test_chart_flags.py fails until they match.
+   the generator). Add that key to charts/ncf-tandem/values.yaml (null, or "" for a string: the
+   program's default), a row for it at the same place in the chart README's values table
+   (`| `trainer.training.someFlag` | `null` | x |`: the script writes the description) and a
+   value to testkit/chart_values.py (EVERY_TRAINING_VALUE and the flag it renders in
+   EVERY_TRAINING_FLAG, or EVERY_GENERATOR_VALUE). Where the chart must not set the flag, say
+   why instead: `not_in_chart="why"` (the chart README lists these).
+3. Run `python scripts/chart_flags.py`: it writes the Jobs' rows (templates/_flag_table.tpl),
+   the value's values.schema.json entry (type, bounds, choices) and its README description.
+   tests/test_chart_flags.py renders a value for every flag through this parser: it fails for
+   a flag without a chart value, a rendered flag the parser does not know, or stale files.
 A generator flag the trainer lacks reaches it as --generator-NAME (for --spawn-generator): nothing to do.
 """
 
@@ -32,7 +36,7 @@ from protocol import Command, DatasetSpec, flags, storage
 from protocol.cli import NON_NEGATIVE, POSITIVE, Bounds, Parser
 from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S, default_slices
 from protocol.flags import flag
-from protocol.messages import DATASETS, DatasetName, EvalMode
+from protocol.messages import DATASETS, DatasetName, EvalMode, ExportMode
 
 MLPERF_ADAM = dict(adam_beta_1=0.9, adam_beta_2=0.999, adam_epsilon=1e-8)  # the MLPerf reference's Adam
 LARGE = dict(batch_size=2048, eval_batch_size=1_000_000, learning_rate=0.0005, mf_dim=64,
@@ -68,7 +72,6 @@ assert set(RECIPES) == set(Recipe.__args__), "every recipe is a choice of --reci
 # Part reads in flight: one GCS connection moves 60-200 MB/s.
 DEFAULT_READ_CONCURRENCY = 16
 PRESET = "the dataset's preset"
-ExportMode = Literal["best", "last"]
 CHART_RUNS_THE_GENERATOR = "the chart runs the generator as its own Job (values under generator:)"
 
 
@@ -86,9 +89,10 @@ def _from_command(name: str, **kwargs: Any) -> Any:
 @dataclass
 class Config:
     data_dir: str = flag(help="run directory: local path or gs://bucket/prefix",
-                         not_in_chart="dataDir: the run directory both Jobs share")
+                         not_in_chart="set from dataDir, the run directory both Jobs share")
     dataset: DatasetName = flag(help="which dataset to train on", chart="training.dataset")
-    ratings: str | None = flag(None, help="raw ratings file (local or gs://) for MovieLens sets; default: download",
+    ratings: str | None = flag(None, help="the MovieLens ratings file, local or gs:// (MovieLens may not be "
+                                          "redistributed)", default_text="downloaded from GroupLens, checksum-checked",
                                chart="training.ratings")
     # Preset flags: None here, the dataset's value filled in by parse_args.
     epochs: int = flag(None, help="passes over the training data", bounds=POSITIVE, default_text=PRESET,
@@ -123,7 +127,7 @@ class Config:
                      chart="training.l2")
     seed: int = _from_command("seed", help="seed of the split, the sampling and the initial weights",
                               chart="training.seed")
-    target_hr: float | None = flag(None, help="stop once HR@10 reaches this (MLPerf: 0.635)",
+    target_hr: float | None = flag(None, help="stop once HR@10 reaches this (MLPerf: 0.635)", default_text="never",
                                    bounds=Bounds(0, 1, exclusive_minimum=True), chart="training.targetHr")
     buffer_epochs: int = _from_command("buffer_epochs", help="epochs the generator may write ahead of the trainer",
                                        chart="training.bufferEpochs")
@@ -155,7 +159,8 @@ class Config:
                                  chart="training.checkpointEvery")
     checkpoint_every_minutes: float | None = flag(None, help="checkpoint when this many minutes passed since the "
                                                              "last one (instead of --checkpoint-every)",
-                                                  bounds=POSITIVE, chart="training.checkpointEveryMinutes")
+                                                  default_text="by epochs", bounds=POSITIVE,
+                                                  chart="training.checkpointEveryMinutes")
     # --generator-NAME: the generator's flags this table lacks, passed on by --spawn-generator.
     generator: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -34,35 +34,8 @@ def export(run: RunDir, model, ids: ServingIds | None) -> None:
             save_serving(model, ids, os.path.join(tmp, "saved_model"))
         except Exception as error:  # e.g. a strategy that cannot export; the .keras file still serves
             log.warning("SavedModel export failed (%s: %s); model.keras only", type(error).__name__, error)
-        upload_tree(tmp, run.model)
+        storage.put_tree(tmp, run.model)
     log.info("exported the model to %s", run.model)
-
-
-def upload_tree(local: str, url: str) -> None:
-    for folder, _, files in os.walk(local):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                storage.write_bytes(storage.join(url, *os.path.relpath(path, local).split(os.sep)), f.read())
-
-
-def download_tree(url: str, local: str) -> int:
-    """Copies every file under url (local or gs://) into the local folder; returns how many."""
-    count = 0
-    for name in storage.listdir(url):
-        child = storage.join(url, name)
-        if storage.listdir(child):
-            count += download_tree(child, os.path.join(local, name))
-            continue
-        try:
-            data = storage.read_bytes(child)
-        except (IsADirectoryError, FileNotFoundError):
-            continue  # an empty folder (local disks have them; GCS has none)
-        os.makedirs(local, exist_ok=True)
-        with open(os.path.join(local, name), "wb") as f:
-            f.write(data)
-        count += 1
-    return count
 
 
 def check_model_dir(url: str) -> str:

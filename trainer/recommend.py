@@ -2,9 +2,9 @@
 
     ncf-recommend --model DIR --user ID [--k 10] [--titles FILE]
 
-DIR is a run's model/ folder (or its saved_model/ folder), local or gs://; a gs:// model is
-copied to a temporary folder through protocol.storage first (TensorFlow never opens gs://
-itself). ID is the dataset's raw user id (MovieLens' own number). It prints one line per
+DIR is a run's model/ folder (or its saved_model/ folder), local or gs://; it is copied to a
+temporary folder through protocol.storage first (TensorFlow never opens gs:// itself; a local
+model is copied as well, so both take one path). ID is the dataset's raw user id (MovieLens' own number). It prints one line per
 movie: rank, movie id, score (the predicted probability of a rating) and, with --titles,
 the title: ml-100k's `u.item` (pipe-separated, latin-1), ml-1m's `movies.dat` (`::`),
 ml-20m's `movies.csv`, or RecBole's `ml-100k.item` (the companion of its `.inter` file).
@@ -14,7 +14,6 @@ Exit 2 with a one-line message for an unknown user, a missing model, or k < 1.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
@@ -22,22 +21,17 @@ import sys
 import tempfile
 
 from protocol import InvalidInput, storage
-from protocol.cli import run
+from protocol.cli import Parser, positive, run
 
-from .export import check_model_dir, download_tree
+from .export import check_model_dir
 from .serving import DEFAULT_K
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, through protocol.cli.run
-        raise InvalidInput(f"{self.prog}: {message}")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="ncf-recommend", description="Top-k movies for a user from an exported NCF model.")
+def _parser() -> Parser:
+    p = Parser(prog="ncf-recommend", description="Top-k movies for a user from an exported NCF model.")
     p.add_argument("--model", required=True, help="a run's model/ folder (or model/saved_model/), local or gs://")
     p.add_argument("--user", required=True, help="the user's raw id (as in the ratings file)")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help="how many movies (default %(default)s)")
+    p.add_argument("--k", type=positive(int), default=DEFAULT_K, help="how many movies (default %(default)s)")
     p.add_argument("--titles", help="movie titles: ml-100k u.item, ml-1m movies.dat, ml-20m movies.csv "
                                     "or RecBole's ml-100k.item")
     return p
@@ -92,18 +86,13 @@ def main(argv: list[str]) -> None:
         user = int(args.user)
     except ValueError:
         raise InvalidInput(f"--user: expected an integer user id, got {args.user!r}") from None
-    if args.k < 1:
-        raise InvalidInput(f"--k: expected at least 1, got {args.k}")
     titles = read_titles(args.titles) if args.titles else {}
     if not storage.exists(args.model):
         raise InvalidInput(f"{args.model}: no such model folder")
     model_url = check_model_dir(args.model)
-    if "://" in model_url:
-        with tempfile.TemporaryDirectory(prefix="ncf-recommend-") as tmp:
-            download_tree(model_url, tmp)
-            picks = recommend(tmp, user, args.k)
-    else:
-        picks = recommend(model_url, user, args.k)
+    with tempfile.TemporaryDirectory(prefix="ncf-recommend-") as tmp:
+        storage.get_tree(model_url, tmp)
+        picks = recommend(tmp, user, args.k)
     print(f"top {len(picks)} for user {user}:" if picks else f"no unrated movies left for user {user}")
     for rank, (item, score) in enumerate(picks, start=1):
         title = titles.get(item)

@@ -9,20 +9,15 @@ replicatedJobs' templates of the JobSet (jobset.yaml).
 {{/*
 The generator: CPU only. It takes everything about the data from the
 trainer's command.json, so its only flags are where the run lives and its own
-resources (workers, timeouts, preprocessing cache). It never gets an
+resources (workers, timeouts, preprocessing cache, parts, uploads): rows of
+its flag table (_flag_table.tpl), as the trainer's. It never gets an
 accelerator's node selector, toleration or resource.
 Usage: include "ncf-tandem.generator.pod" $ | fromYaml
 */}}
 {{- define "ncf-tandem.generator.pod" -}}
 {{- $g := .Values.generator }}
 {{- $args := list (printf "--data-dir=%s" .Values.dataDir) }}
-{{- $args = concat $args (include "ncf-tandem.flags" (list
-      (list "--workers" $g.workers "int")
-      (list "--start-timeout" $g.timeouts.start "seconds")
-      (list "--peer-timeout" $g.timeouts.peer "seconds")
-      (list "--heartbeat-interval" $g.timeouts.heartbeatInterval "seconds")
-      (list "--cache-dir" $g.cacheDir "string")
-    ) | fromYamlArray) }}
+{{- $args = concat $args (include "ncf-tandem.flags" (dict "component" "generator" "values" $g) | fromYamlArray) }}
 {{- if $g.args }}
 {{- $args = $g.args }}
 {{- end }}
@@ -56,43 +51,15 @@ Usage: include "ncf-tandem.generator.pod" $ | fromYaml
 {{- end }}
 
 {{/*
-The trainer: every training flag comes from trainer.training, and the
-accelerator preset adds GKE's node labels, taint tolerations and device
-resources for the trainer only.
+The trainer: its flags are the rows of its flag table (_flag_table.tpl), as
+the generator's, and the accelerator preset adds GKE's node labels, taint
+tolerations and device resources for the trainer only.
 Usage: include "ncf-tandem.trainer.pod" $ | fromYaml
 */}}
 {{- define "ncf-tandem.trainer.pod" -}}
 {{- $t := .Values.trainer }}
-{{- $tr := $t.training }}
 {{- $args := list (printf "--data-dir=%s" .Values.dataDir) }}
-{{- $args = concat $args (include "ncf-tandem.flags" (list
-      (list "--dataset" $tr.dataset "string")
-      (list "--ratings" $tr.ratings "string")
-      (list "--epochs" $tr.epochs "int")
-      (list "--batch-size" $tr.batchSize "int")
-      (list "--eval-batch-size" $tr.evalBatchSize "int")
-      (list "--num-neg" $tr.numNeg "int")
-      (list "--eval-negatives" $tr.evalNegatives "int")
-      (list "--eval-mode" $tr.evalMode "string")
-      (list "--learning-rate" $tr.learningRate "float")
-      (list "--recipe" $tr.recipe "string")
-      (list "--adam-beta-1" $tr.adamBeta1 "float")
-      (list "--adam-beta-2" $tr.adamBeta2 "float")
-      (list "--adam-epsilon" $tr.adamEpsilon "float")
-      (list "--warmup-steps" $tr.warmupSteps "int")
-      (list "--mf-dim" $tr.mfDim "int")
-      (list "--l2" $tr.l2 "float")
-      (list "--layers" $tr.layers "intlist")
-      (list "--seed" $tr.seed "int")
-      (list "--target-hr" $tr.targetHr "float")
-      (list "--buffer-epochs" $tr.bufferEpochs "int")
-      (list "--mixed-precision" $tr.mixedPrecision "bool")
-      (list "--xla" $tr.xla "bool")
-      (list "--steps-per-execution" $tr.stepsPerExecution "int")
-      (list "--start-timeout" $t.timeouts.start "seconds")
-      (list "--peer-timeout" $t.timeouts.peer "seconds")
-      (list "--heartbeat-interval" $t.timeouts.heartbeatInterval "seconds")
-    ) | fromYamlArray) }}
+{{- $args = concat $args (include "ncf-tandem.flags" (dict "component" "trainer" "values" $t) | fromYamlArray) }}
 {{- if $t.args }}
 {{- $args = $t.args }}
 {{- end }}
