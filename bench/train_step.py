@@ -22,27 +22,32 @@ import numpy as np
 
 A100_SAMPLES_PER_S = 34e6  # NVIDIA, MLPerf v0.5 NCF, one A100, AMP
 NUM_USERS, NUM_ITEMS, MF_DIM, LAYERS = 138_493, 26_744, 64, [256, 256, 128, 64]
+# Host arrays of one timed run stay under this many examples (batch 1,048,576: 128 steps).
+MAX_EXAMPLES = 1 << 27
 
 
-def measure(batch_size: int, mixed: bool, xla: bool, seconds: float) -> dict:
+def measure(batch_size: int, mixed: bool, xla: bool, seconds: float,
+            dims: tuple = (NUM_USERS, NUM_ITEMS, MF_DIM, LAYERS)) -> dict:
+    """Examples/s of the trainer's epoch loop on random ids; dims: (users, items, mf_dim, layers)."""
     import keras
 
     from trainer import data, strategy
     from trainer.config import Config
     from trainer.model import build_neumf, compile_neumf, epoch_trainer
 
+    num_users, num_items, mf_dim, layers = dims
     keras.backend.clear_session()
     choice, distribution = strategy.setup(mixed)
     with distribution.scope():
-        model = compile_neumf(build_neumf(NUM_USERS, NUM_ITEMS, MF_DIM, LAYERS), 0.0005, xla)
+        model = compile_neumf(build_neumf(num_users, num_items, mf_dim, layers), 0.0005, xla)
     train_epoch = epoch_trainer(model, distribution, xla)
     block = Config.steps_per_execution
     rng = np.random.default_rng(0)
 
     def dataset(steps: int):
         n = steps * batch_size
-        return data.blocks(rng.integers(0, NUM_USERS, n, dtype=np.uint32),
-                            rng.integers(0, NUM_ITEMS, n).astype(np.uint16),
+        return data.blocks(rng.integers(0, num_users, n, dtype=np.uint32),
+                            rng.integers(0, num_items, n).astype(np.uint16),
                             (rng.random(n) < 0.2).astype(np.uint8), batch_size, block,
                            cast_ids=choice.kind == "tpu")
 
@@ -54,7 +59,7 @@ def measure(batch_size: int, mixed: bool, xla: bool, seconds: float) -> dict:
     began = time.perf_counter()
     train_epoch(dataset(probe_steps))
     per_step = (time.perf_counter() - began) / probe_steps
-    steps = max(block, int(seconds / per_step) // block * block)
+    steps = max(block, min(int(seconds / per_step), MAX_EXAMPLES // batch_size) // block * block)
     ds = dataset(steps)
     began = time.perf_counter()
     train_epoch(ds)
