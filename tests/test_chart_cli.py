@@ -1,7 +1,7 @@
 """The chart's rendered arguments, parsed by the real `ncf-generator` and `ncf-trainer` parsers.
 
-test_chart.py checks the flags as text; this checks that the programs read
-them as the values meant (types, lists, booleans) and accept every profile.
+test_chart.py checks the flags as text; this checks that the programs accept
+every profile's (test_chart_flags.py: that they read every value as meant).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from generator.__main__ import parse_args as parse_generator_args
 from testkit.k8s_support import job, main_container, render
-from testkit.chart_values import ALL_VALUE_SETS, EDGE_CASES, EVERY_TRAINING_VALUE, IDS
+from testkit.chart_values import ALL_VALUE_SETS, EDGE_CASES, IDS
 from trainer.config import parse_args as parse_trainer_args
 
 
@@ -23,23 +23,6 @@ def test_both_programs_accept_the_rendered_arguments(values):
     if values.get("trainer", {}).get("enabled", True):
         config = parse_trainer_args(main_container(job(objects, "trainer"))["args"])
         assert config.data_dir.startswith(("gs://", "/"))
-
-
-def test_trainer_reads_every_training_value():
-    args = main_container(job(render(EDGE_CASES["every-training-value"]), "trainer"))["args"]
-    config = parse_trainer_args(args)
-    v = EVERY_TRAINING_VALUE
-    assert config.data_dir == "gs://b/p"
-    assert (config.dataset, config.ratings) == (v["dataset"], v["ratings"])
-    assert (config.epochs, config.batch_size, config.eval_batch_size) == (v["epochs"], v["batchSize"], v["evalBatchSize"])
-    assert (config.num_neg, config.eval_negatives, config.eval_mode) == (v["numNeg"], v["evalNegatives"], v["evalMode"])
-    assert config.learning_rate == pytest.approx(v["learningRate"])
-    assert config.mf_dim == v["mfDim"] and list(config.layers) == v["layers"]
-    assert config.l2 == pytest.approx(v["l2"])
-    assert config.seed == 0 and config.target_hr == pytest.approx(v["targetHr"])
-    assert config.buffer_epochs == v["bufferEpochs"]
-    assert config.mixed_precision is True and config.xla is True
-    assert config.steps_per_execution == v["stepsPerExecution"]
 
 
 def test_generator_reads_its_resources():
