@@ -9,6 +9,7 @@ come back after a failure (its Indexed Job restarts it) and --start-timeout to a
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 from . import storage
@@ -35,19 +36,22 @@ class GeneratorWatch:
         self.run, self.start_timeout, self.peer_timeout, self.min_poll = run, start_timeout, peer_timeout, min_poll
         self.watches: dict[str, PeerWatch] = {"generator": self._watch("generator")}
         self._listed = float("-inf")
+        self._lock = threading.Lock()  # the trainer's loop and its prefetch thread both check
 
     def check(self) -> list[Status | None]:
         """Each pod's last heartbeat (None: not started yet); raises PeerError as PeerWatch does."""
-        now = time.monotonic()
-        if now - self._listed >= self.min_poll:
-            self._listed = now
-            self._discover()
-        return [watch.check() for watch in self.watches.values()]
+        with self._lock:
+            now = time.monotonic()
+            if now - self._listed >= self.min_poll:
+                self._listed = now
+                self._discover()
+            return [watch.check() for watch in self.watches.values()]
 
     def all_done(self, run_id: str) -> bool:
         """Whether every pod reported done for run_id at its last heartbeat."""
-        return all(w.last is not None and w.last.state == "done" and w.last.run_id == run_id
-                   for w in self.watches.values())
+        with self._lock:
+            return all(w.last is not None and w.last.state == "done" and w.last.run_id == run_id
+                       for w in self.watches.values())
 
     def _discover(self) -> None:
         try:
