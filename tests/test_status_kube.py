@@ -123,6 +123,14 @@ def ncf_status(env, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+def ncf_status_mid_run(api: RecordedApi, tmp_path: Path, env, *args: str) -> subprocess.CompletedProcess:
+    """ncf-status ARGS --namespace ml --release demo on a run in mid-flight, against `api`."""
+    run = RunDir(str(tmp_path / "run"))
+    fake_run.mid_run(run)
+    config = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+    return ncf_status(env, run.url, *args, "--namespace", "ml", "--release", "demo", "--kubeconfig", str(config))
+
+
 def test_status_shows_oom_killed_pods_and_a_failed_job(recorded_api, tmp_path, cli_env):
     run = RunDir(str(tmp_path / "run"))
     fake_run.mid_run(run)
@@ -154,12 +162,7 @@ def test_status_shows_oom_killed_pods_and_a_failed_job(recorded_api, tmp_path, c
 def test_watch_ends_with_exit_1_when_a_job_has_failed(recorded_api, tmp_path, cli_env):
     # The trainer's heartbeat still says 'training' (an OOMKilled process writes nothing),
     # but its Job is out of retries: the watch must not go on forever.
-    run = RunDir(str(tmp_path / "run"))
-    fake_run.mid_run(run)
-    config = write_kubeconfig(tmp_path / "kubeconfig", recorded_api.url)
-
-    done = ncf_status(cli_env, run.url, "--watch", "0.2", "--namespace", "ml", "--release", "demo",
-                      "--kubeconfig", str(config))
+    done = ncf_status_mid_run(recorded_api, tmp_path, cli_env, "--watch", "0.2")
 
     assert done.returncode == 1
     assert done.stdout.count("ncf-tandem run") == 1 and "trainer Job demo-ncf-tandem-trainer: FAILED" in done.stdout
@@ -180,11 +183,7 @@ def test_status_says_why_the_trainer_pod_is_not_scheduled(recorded_api, tmp_path
 
 
 def test_json_carries_the_jobs_and_pods(recorded_api, tmp_path, cli_env):
-    run = RunDir(str(tmp_path / "run"))
-    fake_run.mid_run(run)
-    config = write_kubeconfig(tmp_path / "kubeconfig", recorded_api.url)
-
-    done = ncf_status(cli_env, run.url, "--json", "--namespace", "ml", "--release", "demo", "--kubeconfig", str(config))
+    done = ncf_status_mid_run(recorded_api, tmp_path, cli_env, "--json")
 
     kube = json.loads(done.stdout)["kubernetes"]
     assert kube["error"] is None
@@ -196,11 +195,7 @@ def test_json_carries_the_jobs_and_pods(recorded_api, tmp_path, cli_env):
 
 @pytest.mark.parametrize("recorded_api", [(None, 403)], indirect=True)
 def test_missing_rbac_is_explained_and_the_bucket_is_still_shown(recorded_api, tmp_path, cli_env):
-    run = RunDir(str(tmp_path / "run"))
-    fake_run.mid_run(run)
-    config = write_kubeconfig(tmp_path / "kubeconfig", recorded_api.url)
-
-    done = ncf_status(cli_env, run.url, "--namespace", "ml", "--release", "demo", "--kubeconfig", str(config))
+    done = ncf_status_mid_run(recorded_api, tmp_path, cli_env)
 
     assert done.returncode == 0, done.stderr
     assert "Epochs     generated 8/20" in done.stdout
@@ -267,11 +262,7 @@ EXHAUSTED = {"status": {"restarts": 3, "conditions": [{
 
 @pytest.mark.parametrize("recorded_api", [("jobset-restarting",)], indirect=True)
 def test_a_failed_job_that_the_jobset_recreates_is_restarting(recorded_api, tmp_path, cli_env):
-    run = RunDir(str(tmp_path / "run"))
-    fake_run.mid_run(run)
-    config = write_kubeconfig(tmp_path / "kubeconfig", recorded_api.url)
-
-    done = ncf_status(cli_env, run.url, "--namespace", "ml", "--release", "demo", "--kubeconfig", str(config))
+    done = ncf_status_mid_run(recorded_api, tmp_path, cli_env)
 
     assert done.returncode == 0, done.stderr
     kube = done.stdout[done.stdout.index("Kubernetes namespace ml"):]
@@ -287,12 +278,7 @@ def test_a_failed_job_that_the_jobset_recreates_is_restarting(recorded_api, tmp_
 @pytest.mark.parametrize("recorded_api", [("jobset-restarting",)], indirect=True)
 def test_watch_goes_on_while_the_jobset_restarts_and_ends_when_it_fails(recorded_api, tmp_path, cli_env):
     recorded_api.jobsets = [recorded_jobset(), recorded_jobset(status={"restarts": 2}), recorded_jobset(**EXHAUSTED)]
-    run = RunDir(str(tmp_path / "run"))
-    fake_run.mid_run(run)
-    config = write_kubeconfig(tmp_path / "kubeconfig", recorded_api.url)
-
-    done = ncf_status(cli_env, run.url, "--watch", "0.2", "--namespace", "ml", "--release", "demo",
-                      "--kubeconfig", str(config))
+    done = ncf_status_mid_run(recorded_api, tmp_path, cli_env, "--watch", "0.2")
 
     assert done.returncode == 1
     screens = done.stdout.split("ncf-tandem run ")[1:]
@@ -338,12 +324,7 @@ def test_a_jobset_that_cannot_be_read_leaves_a_failed_job_final(recorded_api, tm
     # A Role without jobsets (e.g. an older chart): better a false alarm than a watch that
     # never ends.
     recorded_api.jobset_status = 403
-    run = RunDir(str(tmp_path / "run"))
-    fake_run.mid_run(run)
-    config = write_kubeconfig(tmp_path / "kubeconfig", recorded_api.url)
-
-    done = ncf_status(cli_env, run.url, "--watch", "0.2", "--namespace", "ml", "--release", "demo",
-                      "--kubeconfig", str(config))
+    done = ncf_status_mid_run(recorded_api, tmp_path, cli_env, "--watch", "0.2")
 
     assert done.returncode == 1
     assert ("JobSet demo-ncf-tandem: cannot read it (forbidden: this identity may not get JobSets "
