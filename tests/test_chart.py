@@ -295,7 +295,7 @@ def test_generator_gets_no_training_flag():
         if not values.get("generator", {}).get("enabled", True):
             continue
         got = flags(main_container(job(objects, "generator")))
-        assert set(got) - {"--part-examples"} <= GENERATOR_FLAGS, got
+        assert set(got) <= GENERATOR_FLAGS, got
         assert got["--data-dir"] == values.get("dataDir", chart().values["dataDir"])
 
 
