@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from protocol.cli import NON_NEGATIVE, POSITIVE
-from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S
+from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, PERMISSION_WAIT_HELP, PERMISSION_WAIT_S, START_TIMEOUT_S
 from protocol.flags import flag
 
 # cgroup v2: "<quota> <period>" in microseconds, or "max <period>". A pod's limits.cpu shows
@@ -57,6 +57,8 @@ class Options:
                                help="seconds the trainer's heartbeat may stay unchanged before giving up")
     heartbeat_interval: float = flag(HEARTBEAT_INTERVAL_S, bounds=POSITIVE, chart="timeouts.heartbeatInterval",
                                      help="seconds between rewrites of status/generator.json")
+    permission_wait: float = flag(PERMISSION_WAIT_S, bounds=NON_NEGATIVE, chart="timeouts.permissionWait",
+                                  help=PERMISSION_WAIT_HELP)
     cache_dir: str | None = flag(None, chart="cacheDir", default_text="ncf-cache next to the run directory",
                                  help="where preprocessed datasets are cached, local or gs://")
     part_examples: int = flag(DEFAULT_PART_EXAMPLES, bounds=POSITIVE, chart="partExamples",

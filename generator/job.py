@@ -44,7 +44,7 @@ def generate(options: Options) -> None:
     if options.shard >= options.shards:
         raise InvalidInput(f"--shard {options.shard}: expected a pod index below --shards {options.shards}")
     run = RunDir(options.data_dir)
-    storage.configure(poll=options.peer_timeout)
+    storage.configure(poll=options.peer_timeout, permission=options.permission_wait)
     storage.ensure_writable(run.url)
     with Heartbeat(run, "generator", options.heartbeat_interval, options.shard, options.shards) as beat:
         trainer = PeerWatch(run, "trainer", options.start_timeout, options.peer_timeout)

@@ -34,6 +34,8 @@ BUCKET_DEADLINE_S = 120.0
 CREDENTIALS_WAIT_S = 60.0
 # A 403 on the first writes: a fresh roles/storage.objectUser grant takes 2-7+ minutes to apply.
 PERMISSION_WAIT_S = 600.0
+PERMISSION_WAIT_HELP = ("seconds a 403 on the write probe or the first bucket writes is retried (a fresh IAM "
+                        "grant takes 2-7+ minutes to apply), then exit 2 naming the principal and the role")
 # On exit, how long a Job waits for its final status/<side>.json to land (the bucket may be down).
 HEARTBEAT_FLUSH_S = 60.0
 # A peer's `failed` status stamped more than this before this process started (by the peer's

@@ -65,7 +65,7 @@ EVERY_TRAINING_FLAG = {
     "--checkpoint-every": "2",
     "--checkpoint-every-minutes": "7.5",
 }
-EVERY_TIMEOUT_VALUE = {"start": 5400, "peer": 90.5, "heartbeatInterval": 0.25}
+EVERY_TIMEOUT_VALUE = {"start": 5400, "peer": 90.5, "heartbeatInterval": 0.25, "permissionWait": 45.5}
 EVERY_GENERATOR_VALUE = {"workers": 3, "cacheDir": "gs://b/cache", "partExamples": 100000, "uploadConcurrency": 4,
                          "timeouts": EVERY_TIMEOUT_VALUE}
 # A value for every flag the chart renders (tests/test_chart_flags.py: a flag without one fails).

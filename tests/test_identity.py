@@ -11,11 +11,14 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
+
+import pytest
 
 from testkit.builders import REPO
 from testkit.chaos_bucket import PRINCIPAL, forbid
+from testkit.jobs import generator, trainer
+
+pytestmark = pytest.mark.slow  # subprocesses that wait out faults: the full suite, not the fast loop
 
 
 def python(code: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -38,7 +41,7 @@ START = """
 
 def test_a_403_while_the_grant_spreads_is_waited_out(chaos_bucket):
     chaos, bucket = chaos_bucket
-    chaos.add(forbid(window=(0, 3)))  # the grant lands 3 s after the first write
+    chaos.add(forbid(window=(0, 30)))  # the issue's case: the grant lands 30 s after the first write
     out = python(START, f"{bucket}/run", "60", env=chaos.env())
     assert out.returncode == 0 and out.stdout.strip() == "started", out.stderr
     assert "no permission yet" in out.stderr and chaos.counts()["forbid"] >= 1
@@ -77,6 +80,28 @@ def test_a_403_after_a_write_landed_is_final_at_once(chaos_bucket):
     assert f"{PRINCIPAL} needs roles/storage.objectUser" in err and "--permission-wait" not in err
 
 
+def test_the_jobs_wait_out_a_grant_that_lands_after_they_start(chaos_bucket, chaos_env, tmp_path):
+    chaos, bucket = chaos_bucket
+    # 8 s rather than the 30 s above: both Jobs and a training run take 90 s with 30.
+    chaos.add(forbid(window=(0, 8)))
+    run_url = f"{bucket}/run"
+    gen = generator(run_url, tmp_path, chaos_env, "--permission-wait", "120")
+    train = trainer(run_url, tmp_path, chaos_env, "--permission-wait", "120", epochs=1)
+    assert train.wait(240) == 0, train.log[-3000:]
+    assert gen.wait(60) == 0, gen.log[-3000:]
+    assert "no permission yet" in gen.log and "no permission yet" in train.log
+    assert chaos.counts()["forbid"] >= 2
+
+
+def test_a_job_past_its_permission_wait_exits_2_with_the_principal_and_role(chaos_bucket, chaos_env, tmp_path):
+    chaos, bucket = chaos_bucket
+    chaos.add(forbid())
+    gen = generator(f"{bucket}/run", tmp_path, chaos_env, "--permission-wait", "2")
+    assert gen.wait(60) == 2, gen.log[-3000:]
+    last = gen.log.strip().splitlines()[-1]
+    assert f"(--permission-wait 2 s): {PRINCIPAL} needs roles/storage.objectUser on {bucket}" in last
+
+
 # ---- credentials
 
 CONNECT = """
@@ -104,12 +129,18 @@ def authorized_user(path: str) -> None:
 
 def test_credentials_that_appear_late_are_waited_for_and_used(tmp_path):
     path = str(tmp_path / "adc.json")
-    threading.Timer(2.0, authorized_user, [path]).start()  # like a metadata server that comes up late
-    started = time.monotonic()
-    out = python(CONNECT, env=google_env(path, "60"))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["google.oauth2.credentials", "Credentials"], "never anonymous"
-    assert "no Google credentials yet" in out.stderr and time.monotonic() - started >= 2.0
+    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CONNECT)], cwd=REPO, env=google_env(path, "60"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stderr:  # the credential source fails first (or the process ends)...
+        lines.append(line)
+        if "no Google credentials yet" in line:
+            break
+    assert "no Google credentials yet" in lines[-1], lines
+    authorized_user(path)  # ...then succeeds, like a metadata server that comes up late
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert out.split() == ["google.oauth2.credentials", "Credentials"], "never anonymous"
 
 
 def test_missing_credentials_end_in_a_clear_error_after_the_wait(tmp_path):

@@ -34,7 +34,8 @@ from typing import Any, Literal
 from generator.config import Options as GeneratorOptions
 from protocol import Command, DatasetSpec, flags, storage
 from protocol.cli import NON_NEGATIVE, POSITIVE, Bounds, Parser
-from protocol.defaults import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, START_TIMEOUT_S, default_slices
+from protocol.defaults import (HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, PERMISSION_WAIT_HELP, PERMISSION_WAIT_S,
+                               START_TIMEOUT_S, default_slices)
 from protocol.flags import flag
 from protocol.messages import DATASETS, DatasetName, EvalMode, ExportMode
 
@@ -148,6 +149,8 @@ class Config:
                                bounds=POSITIVE, chart="timeouts.peer")
     heartbeat_interval: float = flag(HEARTBEAT_INTERVAL_S, help="seconds between rewrites of status/trainer.json",
                                      bounds=POSITIVE, chart="timeouts.heartbeatInterval")
+    permission_wait: float = flag(PERMISSION_WAIT_S, bounds=NON_NEGATIVE, chart="timeouts.permissionWait",
+                                  help=PERMISSION_WAIT_HELP)
     steps_per_execution: int = flag(16, help="batches per input element and per compiled train call "
                                              "(less overhead per step)", bounds=POSITIVE,
                                     chart="training.stepsPerExecution")

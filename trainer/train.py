@@ -54,7 +54,9 @@ log = logging.getLogger("ncf.trainer")
 def main(argv: list[str]) -> None:
     config = parse_args(argv)
     run = RunDir(config.data_dir)
-    storage.configure(poll=config.peer_timeout)  # polls treat bucket errors as no news this long
+    # Polls treat bucket errors as no news for --peer-timeout; a 403 on the first writes is
+    # waited out for --permission-wait.
+    storage.configure(poll=config.peer_timeout, permission=config.permission_wait)
     storage.ensure_writable(run.url)
     command = publish_or_resume(run, config)
     child = spawn_generator(config) if config.spawn_generator else None
