@@ -1,10 +1,12 @@
 """Heartbeats and judging the other side alive, failed, silent or absent."""
 
+import dataclasses
 import time
 
 import pytest
 
-from protocol import PeerError, RunDir, Status, storage
+from protocol import EXIT_INVALID, InvalidInput, PeerError, RunDir, Status, storage
+from protocol.errors import PeerFailedFinally, exit_code_for
 from protocol.peer import Heartbeat, PeerWatch
 
 
@@ -76,6 +78,34 @@ def test_a_failure_from_before_this_process_started_waits_for_start_timeout(run_
     time.sleep(0.4)
     with pytest.raises(PeerError, match="the trainer failed before this process started.*--start-timeout.*OOM"):
         watch.check()
+
+
+def test_invalid_input_leaves_a_final_status_with_its_exit_code(run_url):
+    run = RunDir(run_url)
+    with pytest.raises(InvalidInput), Heartbeat(run, "generator", interval=60):
+        raise InvalidInput("/data/u.data: ratings file not found (dataset.ratings in command.json)")
+    status = storage.read_message(run.status("generator"), Status)
+    assert (status.exit_code, status.final) == (EXIT_INVALID, True)
+    assert status.message == "InvalidInput: /data/u.data: ratings file not found (dataset.ratings in command.json)"
+
+
+def test_a_final_failure_seen_live_ends_the_watch_at_once_with_exit_2(run_url):
+    run = RunDir(run_url)
+    storage.overwrite(run.status("generator"), dataclasses.replace(failed("generator", time.time()), exit_code=2))
+    watch = PeerWatch(run, "generator", start_timeout=60, peer_timeout=300, min_poll=0)
+    with pytest.raises(PeerFailedFinally, match=r"^the generator failed with exit code 2 \(invalid input; it will not "
+                                                r"be retried\): command.json: field 'num_neg'$") as caught:
+        watch.check()  # at once: no --peer-timeout
+    assert exit_code_for(caught.value) == EXIT_INVALID
+
+
+def test_a_final_failure_from_before_this_process_started_is_an_earlier_attempts(run_url):
+    # A rerun after the typo was fixed: the old generator's exit 2 must not end the new trainer.
+    run = RunDir(run_url)
+    old = dataclasses.replace(failed("generator", time.time() - 600), exit_code=2)
+    storage.overwrite(run.status("generator"), old)
+    watch = PeerWatch(run, "generator", start_timeout=60, peer_timeout=0.1, min_poll=0, process_started=time.time())
+    assert watch.check() is None  # as if not started yet
 
 
 def test_a_failure_within_the_clock_skew_allowance_counts_as_live(run_url):

@@ -334,3 +334,15 @@ def test_a_folder_tree_goes_up_and_comes_back_on_either_backend(run_url, tmp_pat
     back = tmp_path / "back"
     assert storage.get_tree(model, str(back)) == 2
     assert (back / "top.bin").read_bytes() == b"1" and (back / "a" / "b" / "deep.pb").read_bytes() == b"22"
+
+
+def test_one_outage_clock_times_a_run_of_failures_from_when_the_failing_call_began():
+    from protocol.faults import Outage
+
+    outage = Outage(limit=10)
+    assert not outage.over() and outage.lasted() == 0
+    outage.failed(OSError("first"), began=time.monotonic() - 12)  # gcsfs retried that call for 12 s
+    assert outage.over() and outage.failures == 1 and outage.describe() == "OSError: first"
+    outage.failed(OSError("second"))  # a later failure keeps the outage's start
+    assert outage.lasted() >= 12 and outage.failures == 2 and outage.describe() == "OSError: second"
+    assert outage.ended() and not outage.over() and not outage.ended()  # a success ends it, once
