@@ -40,30 +40,14 @@ import multiprocessing
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-from testkit import emulator
+from testkit import chaos_bucket, emulator
 from testkit.builders import history
+
 MB = 1e6
-
-
-def start_proxy(upstream: str, bandwidth: float, latency: float) -> tuple[subprocess.Popen, str]:
-    """The chaos bucket in a process of its own: its asyncio loop then competes with nobody's GIL."""
-    process = subprocess.Popen([sys.executable, "-m", "testkit.chaos_bucket", "--upstream", upstream,
-                                "--bandwidth", str(bandwidth), "--latency", str(latency)],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    url = process.stdout.readline().strip()
-    if not url.startswith("http"):
-        process.kill()
-        raise RuntimeError("the chaos bucket proxy did not start")
-    return process, url
 
 
 def generator_process(run_url: str, cache_dir: str, epochs: int, workers: int, upload_concurrency: int,
@@ -166,7 +150,7 @@ def checkpoint_stall(run_url: str, rounds: int) -> dict:
             "uploads": [round(s, 2) for s in uploads]}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4, help="synthetic-20m epochs through the pipeline (>= 2)")
     parser.add_argument("--workers", type=int, default=2, help="the generator's sampling threads")
@@ -176,12 +160,15 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.02, help="seconds added per request")
     parser.add_argument("--checkpoints", type=int, default=3, help="checkpoints to time")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "ncf-bench-cache"))
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     server, emulator_url = emulator.start()
     proxy = None
     try:
-        proxy, proxy_url = start_proxy(emulator_url, args.bandwidth, args.latency)
+        proxy, proxy_url = chaos_bucket.start_process(emulator_url, args.bandwidth, args.latency)
         os.environ["STORAGE_EMULATOR_HOST"] = proxy_url  # before protocol.storage imports gcsfs
         os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
         run_url = f"gs://{emulator.make_bucket(emulator_url)}/run"
@@ -195,13 +182,24 @@ def main() -> None:
 
 
 def run(args, run_url: str) -> dict:
+    """The pipeline (a generator process, this one reading), then the floor and the checkpoints."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     child = context.Process(target=generator_process, args=(run_url, args.cache_dir, args.epochs, args.workers,
                                                             args.upload_concurrency, 2, out))
     child.start()
     assert out.get(timeout=600)[0] == "ready_to_start"
+    delivered, reads, ready = consume(args, run_url)
+    kind, generated = out.get(timeout=600)
+    child.join()
+    floors = floor(run_url, [p.size for p in ready.parts], args.upload_concurrency)
+    ckpt = checkpoint_stall(run_url + "-ckpt", args.checkpoints)
+    return summarize(args, ready, delivered, reads, generated, floors, ckpt)
 
+
+def consume(args, run_url: str) -> tuple[list[float], list[dict], object]:
+    """The trainer's input side: each epoch read as it is ready, cut into batches, deleted. Returns
+    when each was delivered, each read's figures, and the last epoch's ready.json."""
     from protocol import RunDir, storage
     from trainer import data
 
@@ -215,38 +213,36 @@ def run(args, run_url: str) -> dict:
         assert batches(examples.user, examples.item, examples.label) == examples.num_examples
         delivered.append(time.monotonic())
         ready = data.read_ready(run.epoch_dir(epoch), "bench", "train", epoch)
-        sizes = [p.size for p in ready.parts]
-        reads.append({"epoch": epoch, "read_s": read_s, "bytes": sum(sizes)})
-        print(f"epoch {epoch}: {examples.num_examples:,} examples, {sum(sizes) / MB:.0f} MB read in {read_s:.2f} s",
+        size = sum(p.size for p in ready.parts)
+        reads.append({"epoch": epoch, "read_s": read_s, "bytes": size})
+        print(f"epoch {epoch}: {examples.num_examples:,} examples, {size / MB:.0f} MB read in {read_s:.2f} s",
               flush=True)
         del examples
         storage.delete(run.epoch_dir(epoch))
-    kind, generated = out.get(timeout=600)
-    child.join()
-    num_examples = ready.num_examples
+    return delivered, reads, ready
 
-    floor_up, floor_down, floor_s = floor(run_url, sizes, args.upload_concurrency)
-    ckpt = checkpoint_stall(run_url + "-ckpt", args.checkpoints)
 
-    steady = [b - a for a, b in zip(delivered, delivered[1:])]
-    epoch_s = statistics.median(steady)
+def summarize(args, ready, delivered: list[float], reads: list[dict], generated: dict,
+              floors: tuple[float, float, float], ckpt: dict) -> dict:
+    (floor_up, floor_down, floor_s), size = floors, sum(p.size for p in ready.parts)
+    epoch_s = statistics.median([b - a for a, b in zip(delivered, delivered[1:])])
     ups = [e["bytes"] / e["landed_s"] / MB for e in generated["epochs"][1:]]
     downs = [r["bytes"] / r["read_s"] / MB for r in reads[1:]]
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, generated["peak_rss_mb"])
     print("generator epochs: " + ", ".join(f"{e['epoch']}: sampled {e['sampled_s']:.2f} s, landed {e['landed_s']:.2f} s"
                                            for e in generated["epochs"]))
-    print(f"floor: {sum(sizes) / MB:.0f} MB up in {floor_up:.2f} s ({sum(sizes) / floor_up / MB:.0f} MB/s), down in "
-          f"{floor_down:.2f} s ({sum(sizes) / floor_down / MB:.0f} MB/s), up and down at once in {floor_s:.2f} s; "
+    print(f"floor: {size / MB:.0f} MB up in {floor_up:.2f} s ({size / floor_up / MB:.0f} MB/s), down in "
+          f"{floor_down:.2f} s ({size / floor_down / MB:.0f} MB/s), up and down at once in {floor_s:.2f} s; "
           f"delivered one epoch per {epoch_s:.2f} s")
     print(f"checkpoint {ckpt['checkpoint_mb']} MB: loop blocked {ckpt['stalls']} s, uploads {ckpt['uploads']} s")
     return {
-        "examples": num_examples, "bytes_per_epoch": sum(sizes), "epochs": args.epochs,
+        "examples": ready.num_examples, "bytes_per_epoch": size, "epochs": args.epochs,
         "upload_concurrency": args.upload_concurrency, "read_concurrency": args.read_concurrency,
         "bandwidth_mb_s": args.bandwidth / MB, "latency_s": args.latency,
-        "examples_per_s": round(num_examples / epoch_s),
+        "examples_per_s": round(ready.num_examples / epoch_s),
         "seconds_per_epoch": round(epoch_s, 2),
         "upload_mb_s": round(statistics.median(ups)), "download_mb_s": round(statistics.median(downs)),
-        "floor_upload_mb_s": round(sum(sizes) / floor_up / MB), "floor_download_mb_s": round(sum(sizes) / floor_down / MB),
+        "floor_upload_mb_s": round(size / floor_up / MB), "floor_download_mb_s": round(size / floor_down / MB),
         "floor_s": round(floor_s, 2),
         "ratio_to_floor": round(epoch_s / floor_s, 2),
         "checkpoint_mb": ckpt["checkpoint_mb"],

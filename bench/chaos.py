@@ -9,8 +9,7 @@ every epoch's ready.json listing the parts of a fault-free run. The last line pr
 JSON object: faults injected by kind, runs completed, epochs lost and duplicated (0 and 0),
 and listings that differed from the fault-free run.
 
-The proxy and the Job helpers live with the tests (testkit/chaos_bucket.py, testkit/jobs.py): the
-tests folder is put on the import path explicitly, as bench/chaos_proxy.py and bench/bucket.py do.
+The proxy, the Job helpers and the listings' watcher are the tests' own (testkit).
 """
 
 from __future__ import annotations
@@ -19,49 +18,27 @@ import argparse
 import json
 import os
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 from testkit import emulator
-
-EMULATOR, EMULATOR_URL = emulator.start()
-os.environ["STORAGE_EMULATOR_HOST"] = EMULATOR_URL  # this process reads the bucket straight
-os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
-
 from testkit.builders import command, metrics_line_epochs, publish_command, read_status
 from testkit.chaos_bucket import ChaosBucket, fail, lose, stall
+from testkit.epoch_listings import Watcher, listings
 from testkit.jobs import FAST, Job, generator, trainer, wait_until
-
-from protocol import Ready, RunDir, storage
 
 BUCKET_ENV = {"NCF_BUCKET_CONNECT_TIMEOUT_S": "2", "NCF_BUCKET_READ_TIMEOUT_S": "5", "PYTHONUNBUFFERED": "1"}
 GEN_ARGS = ("--part-examples", "20000")
 TRAIN_ARGS = ("--buffer-epochs", "1")
 
 
-def listings(run_url: str, seen: dict) -> None:
-    run = RunDir(run_url)
-    for name in storage.listdir(run.epochs_dir):
-        if name.isdigit():
-            try:
-                ready = storage.read_message(RunDir.ready(run.epoch_dir(int(name))), Ready)
-            except FileNotFoundError:
-                continue
-            seen.setdefault(ready.epoch, []).append([p.to_dict() for p in ready.parts])
-
-
-def expected_listings(epochs: int, log_dir: Path) -> dict:
-    run_url = f"gs://{emulator.make_bucket(EMULATOR_URL)}/run"
+def expected_listings(emulator_url: str, epochs: int, log_dir: Path) -> dict:
+    run_url = f"gs://{emulator.make_bucket(emulator_url)}/run"
     publish_command(run_url, command(epochs=epochs, eval_negatives=99, buffer_epochs=epochs))
     job = Job("generator", ["--data-dir", run_url, "--workers", "1", *FAST, *GEN_ARGS], log_dir, dict(os.environ))
     assert job.wait(300) == 0, job.log[-3000:]
-    seen: dict = {}
-    listings(run_url, seen)
-    return {epoch: found[0] for epoch, found in seen.items()}
+    return listings(run_url)
 
 
 def scenario_plain(rules):
@@ -114,60 +91,70 @@ MATRIX = {
 }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--only", nargs="*", choices=sorted(MATRIX), help="run only these rows")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    server, emulator_url = emulator.start()
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator_url  # this process reads the bucket straight
+    os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
     log_dir = Path(tempfile.mkdtemp(prefix="ncf-chaos-"))
-    faults, completed, lost, duplicated, differing, failures = Counter(), 0, 0, 0, 0, []
     try:
-        expected = expected_listings(args.epochs, log_dir)
-        for name in args.only or MATRIX:
-            started = time.monotonic()
-            with ChaosBucket(EMULATOR_URL) as chaos:
-                run_url = f"gs://{emulator.make_bucket(EMULATOR_URL)}/run"
-                env = {**chaos.env(), **BUCKET_ENV}
-
-                def start(side, *extra):
-                    if side == "generator":
-                        return generator(run_url, log_dir, env, *GEN_ARGS, *extra)
-                    return trainer(run_url, log_dir, env, *TRAIN_ARGS, *extra, epochs=args.epochs)
-                start.run_url = run_url
-                seen, stop = {}, threading.Event()
-
-                def watch():
-                    while not stop.wait(0.05):
-                        try:
-                            listings(run_url, seen)
-                        except OSError:
-                            pass
-                watcher = threading.Thread(target=watch, daemon=True)
-                watcher.start()
-                try:
-                    jobs = MATRIX[name](chaos, start)
-                    codes = [job.wait(600) for job in jobs]
-                    if codes != [0, 0]:
-                        raise AssertionError(f"exit codes {codes}; see {log_dir}")
-                    completed += 1
-                except AssertionError as error:
-                    failures.append(f"{name}: {error}")
-                finally:
-                    stop.set()
-                    watcher.join()
-                    faults.update({k: v for k, v in chaos.counts().items() if k != "shape"})
-                trained = Counter(metrics_line_epochs(run_url))
-                lost += sum(1 for e in range(args.epochs) if trained[e] == 0)
-                duplicated += sum(max(0, n - 1) for n in trained.values())
-                differing += sum(1 for e, found in seen.items() for parts in found if parts != expected.get(e))
-                print(f"{name:20s} {time.monotonic() - started:6.1f} s  epochs trained {dict(trained)}  "
-                      f"faults {chaos.counts()}", flush=True)
+        expected = expected_listings(emulator_url, args.epochs, log_dir)
+        rows = [run_row(name, emulator_url, args.epochs, expected, log_dir) for name in args.only or MATRIX]
     finally:
-        emulator.stop(EMULATOR)
-    for failure in failures:
-        print("FAILED", failure)
-    print(json.dumps({"faults": dict(faults), "runs": len(args.only or MATRIX), "runs_completed": completed,
-                      "epochs_lost": lost, "epochs_duplicated": duplicated, "listings_differing": differing}))
+        emulator.stop(server)
+    report(rows)
+
+
+def run_row(name: str, emulator_url: str, epochs: int, expected: dict, log_dir: Path) -> dict:
+    """One row of the matrix through a fresh chaos bucket: its faults, outcome and epochs."""
+    started = time.monotonic()
+    with ChaosBucket(emulator_url) as chaos:
+        run_url = f"gs://{emulator.make_bucket(emulator_url)}/run"
+        env = {**chaos.env(), **BUCKET_ENV}
+
+        def start(side, *extra):
+            if side == "generator":
+                return generator(run_url, log_dir, env, *GEN_ARGS, *extra)
+            return trainer(run_url, log_dir, env, *TRAIN_ARGS, *extra, epochs=epochs)
+        start.run_url = run_url
+        watcher, failure = Watcher(run_url), None
+        try:
+            codes = [job.wait(600) for job in MATRIX[name](chaos, start)]
+            if codes != [0, 0]:
+                raise AssertionError(f"exit codes {codes}; see {log_dir}")
+        except AssertionError as error:
+            failure = f"{name}: {error}"
+        finally:
+            seen = watcher.stop()
+        faults = {k: v for k, v in chaos.counts().items() if k != "shape"}
+    trained = Counter(metrics_line_epochs(run_url))
+    print(f"{name:20s} {time.monotonic() - started:6.1f} s  epochs trained {dict(trained)}  faults {faults}",
+          flush=True)
+    return {"faults": faults, "failure": failure,
+            "lost": sum(1 for e in range(epochs) if trained[e] == 0),
+            "duplicated": sum(max(0, n - 1) for n in trained.values()),
+            "differing": sum(1 for e, found in seen.items() for parts in found if parts != expected.get(e))}
+
+
+def report(rows: list[dict]) -> None:
+    faults = Counter()
+    for row in rows:
+        faults.update(row["faults"])  # keeps the kinds injected 0 times
+    for row in rows:
+        if row["failure"]:
+            print("FAILED", row["failure"])
+    print(json.dumps({"faults": dict(faults), "runs": len(rows),
+                      "runs_completed": sum(row["failure"] is None for row in rows),
+                      "epochs_lost": sum(row["lost"] for row in rows),
+                      "epochs_duplicated": sum(row["duplicated"] for row in rows),
+                      "listings_differing": sum(row["differing"] for row in rows)}))
 
 
 if __name__ == "__main__":

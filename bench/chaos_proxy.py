@@ -19,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # before gcsfs is imported: no gRPC probe
 
 from testkit import emulator
 from testkit.chaos_bucket import ChaosBucket, shape
@@ -51,39 +50,53 @@ def measure(endpoint: str, bucket: str, args) -> list[float]:
     return [*json.loads(out), (time.process_time() - cpu) / moved]
 
 
-def main():
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--size", type=int, default=8 << 20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bandwidth", type=float, default=25e6, help="bytes/s per connection when shaped")
     parser.add_argument("--mitmproxy", action="store_true", help="also measure mitmdump (pip install mitmproxy)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
     server, url = emulator.start()
-    rows = []
     try:
         bucket = emulator.make_bucket(url)
-        rows.append(("direct", *measure(url, bucket, args)))
-        with ChaosBucket(url) as chaos:
-            rows.append(("chaos proxy, unshaped", *measure(chaos.url, bucket, args)))
-            chaos.add(shape(args.bandwidth))
-            cap = args.streams * args.bandwidth / 1e6
-            rows.append((f"chaos proxy, {args.bandwidth / 1e6:g} MB/s per connection (cap {cap:g})",
-                         *measure(chaos.url, bucket, args)))
+        rows = [("direct", *measure(url, bucket, args)), *measure_proxy(url, bucket, args)]
         if args.mitmproxy:
-            port = emulator.free_port()
-            mitm = subprocess.Popen([str(Path(sys.executable).parent / "mitmdump"), "--mode", f"reverse:{url}",
-                                     "--listen-host", "127.0.0.1", "-p", str(port), "-q",
-                                     "--set", "stream_large_bodies=1"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                emulator.wait_for_answer(f"http://127.0.0.1:{port}", mitm)
-                rows.append(("mitmdump, streamed", *measure(f"http://127.0.0.1:{port}", bucket, args)))
-            finally:
-                mitm.terminate()
-                mitm.wait()
+            rows.append(("mitmdump, streamed", *measure_mitmproxy(url, bucket, args)))
     finally:
         emulator.stop(server)
+    report(args, rows)
+
+
+def measure_proxy(url: str, bucket: str, args) -> list[tuple]:
+    """Rows through the chaos bucket: unshaped, then shaped per connection."""
+    with ChaosBucket(url) as chaos:
+        unshaped = ("chaos proxy, unshaped", *measure(chaos.url, bucket, args))
+        chaos.add(shape(args.bandwidth))
+        cap = args.streams * args.bandwidth / 1e6
+        return [unshaped, (f"chaos proxy, {args.bandwidth / 1e6:g} MB/s per connection (cap {cap:g})",
+                           *measure(chaos.url, bucket, args))]
+
+
+def measure_mitmproxy(url: str, bucket: str, args) -> list[float]:
+    port = emulator.free_port()
+    mitm = subprocess.Popen([str(Path(sys.executable).parent / "mitmdump"), "--mode", f"reverse:{url}",
+                             "--listen-host", "127.0.0.1", "-p", str(port), "-q", "--set", "stream_large_bodies=1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        emulator.wait_for_answer(f"http://127.0.0.1:{port}", mitm)
+        return measure(f"http://127.0.0.1:{port}", bucket, args)
+    finally:
+        mitm.terminate()
+        mitm.wait()
+
+
+def report(args, rows: list[tuple]) -> None:
     print(f"{args.streams} concurrent objects of {args.size / 2**20:g} MiB, best of {args.rounds} (MB/s)")
     print(f"{'':56s} {'upload':>7s} {'download':>9s} {'proxy CPU s/GB':>15s}")
     for name, up, down, cpu in rows:

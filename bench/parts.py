@@ -44,33 +44,40 @@ def best_time(function, rounds: int) -> float:
     return min(times)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--examples", type=int, default=10_000_000)
     parser.add_argument("--per-part", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-parts-") as tmp:
-        folder = Path(tmp)
-        infos = write_parts(folder, args.examples, args.per_part)
-        total_bytes = sum(i.size for i in infos)
+        infos = write_parts(Path(tmp), args.examples, args.per_part)
+        raw_s, decode_s = measure(Path(tmp), infos, args)
+    report(args, sum(i.size for i in infos), raw_s, decode_s)
 
-        def decode_all():
-            count = 0
-            for info in infos:
-                count += len(parts.read(str(folder / info.name), info)["label"])
-            assert count == args.examples
 
-        def read_raw():
-            for info in infos:
-                with open(folder / info.name, "rb") as f:
-                    f.read()
+def measure(folder: Path, infos: list, args) -> tuple[float, float]:
+    """Best seconds to read the parts' bytes raw, and to read, verify and decode them."""
+    def decode_all():
+        count = 0
+        for info in infos:
+            count += len(parts.read(str(folder / info.name), info)["label"])
+        assert count == args.examples
 
-        read_raw()  # warm the page cache for both
-        raw_s = best_time(read_raw, args.rounds)
-        decode_s = best_time(decode_all, args.rounds)
+    def read_raw():
+        for info in infos:
+            with open(folder / info.name, "rb") as f:
+                f.read()
 
+    read_raw()  # warm the page cache for both
+    return best_time(read_raw, args.rounds), best_time(decode_all, args.rounds)
+
+
+def report(args, total_bytes: int, raw_s: float, decode_s: float) -> None:
     figures = {
         "examples": args.examples,
         "bytes": total_bytes,

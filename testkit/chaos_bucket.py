@@ -53,6 +53,8 @@ import os
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -385,6 +387,19 @@ class ChaosBucket:
         writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         await writer.drain()
+
+
+def start_process(upstream: str, bandwidth: float | None = None, latency: float = 0.0) -> tuple[subprocess.Popen, str]:
+    """A shaping chaos bucket in a process of its own (its asyncio loop then competes with nobody's
+    GIL: the benches); returns the process and its URL."""
+    command = [sys.executable, "-m", "testkit.chaos_bucket", "--upstream", upstream, "--latency", str(latency)]
+    process = subprocess.Popen(command + (["--bandwidth", str(bandwidth)] if bandwidth else []),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = process.stdout.readline().strip()
+    if not url.startswith("http"):
+        process.kill()
+        raise RuntimeError("the chaos bucket proxy did not start")
+    return process, url
 
 
 if __name__ == "__main__":  # python -m testkit.chaos_bucket --upstream URL [--port N] [--bandwidth B] [--latency S]

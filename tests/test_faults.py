@@ -12,7 +12,6 @@ connect 2 s, read 5 s. The deadline for a read or write the Job cannot go on wit
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import pytest
@@ -20,8 +19,8 @@ import pytest
 from testkit.builders import metrics_line_epochs, publish_command, read_status
 from testkit.builders import command as make_command
 from testkit.chaos_bucket import fail, lose, stall
+from testkit.epoch_listings import Watcher, listings
 from testkit.jobs import FAST, generator, trainer, wait_until
-from protocol import Ready, RunDir, storage
 
 pytestmark = pytest.mark.slow
 
@@ -31,42 +30,6 @@ BUCKET_ENV = {"NCF_BUCKET_CONNECT_TIMEOUT_S": "2", "NCF_BUCKET_READ_TIMEOUT_S": 
 # epochs, so the fault windows meet both sides in every phase.
 GEN_ARGS = ("--part-examples", "20000")
 RUN_TIMEOUT = 150
-
-
-def listings(run_url: str, seen: dict[int, list[dict]]) -> None:
-    """Adds every epoch's ready.json part listing present now (read straight from the emulator)."""
-    run = RunDir(run_url)
-    for name in storage.listdir(run.epochs_dir):
-        if not name.isdigit():
-            continue
-        try:
-            ready = storage.read_message(RunDir.ready(run.epoch_dir(int(name))), Ready)
-        except FileNotFoundError:
-            continue
-        parts = [p.to_dict() for p in ready.parts]
-        assert seen.setdefault(ready.epoch, parts) == parts, f"epoch {ready.epoch} listed different parts twice"
-
-
-class Watcher:
-    """Records the epochs' listings in the background while the Jobs run (the trainer deletes them)."""
-
-    def __init__(self, run_url: str):
-        self.run_url, self.seen = run_url, {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.wait(0.05):
-            try:
-                listings(self.run_url, self.seen)
-            except (FileNotFoundError, OSError):
-                pass
-
-    def stop(self) -> dict[int, list[dict]]:
-        self._stop.set()
-        self._thread.join()
-        return self.seen
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +44,7 @@ def expected(fake_gcs, tmp_path_factory) -> dict[int, list[dict]]:
     job = Job("generator", ["--data-dir", run_url, "--workers", "1", *FAST, *GEN_ARGS],
               tmp_path_factory.mktemp("expected"), dict(os.environ))
     assert job.wait(120) == 0, job.log[-3000:]
-    seen = {}
-    listings(run_url, seen)
+    seen = listings(run_url)
     assert sorted(seen) == list(range(EPOCHS))
     return seen
 
@@ -110,7 +72,8 @@ def tandem(chaos_bucket, chaos_env, tmp_path, expected):
         def check(self):
             assert metrics_line_epochs(run_url) == list(range(EPOCHS)), "every epoch trained exactly once"
             seen = watcher.stop()
-            assert seen == expected, "the epochs list the parts of a fault-free run"
+            assert seen == {epoch: [parts] for epoch, parts in expected.items()}, \
+                "each epoch lists the parts of a fault-free run, and only those"
 
     yield chaos, Tandem()
     watcher.stop()
