@@ -39,6 +39,8 @@ from protocol.defaults import (HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, PERMISSION_
 from protocol.flags import flag
 from protocol.messages import DATASETS, DatasetName, EvalMode, ExportMode
 
+from .strategy import Accelerator
+
 MLPERF_ADAM = dict(adam_beta_1=0.9, adam_beta_2=0.999, adam_epsilon=1e-8)  # the MLPerf reference's Adam
 LARGE = dict(batch_size=2048, eval_batch_size=1_000_000, learning_rate=0.0005, mf_dim=64,
              layers=[256, 256, 128, 64], epochs=20, l2=0.0, **MLPERF_ADAM)
@@ -136,6 +138,9 @@ class Config:
                                          "generator's pods share them out, each batch draws from all", bounds=POSITIVE,
                               default_text="by the dataset's size: 16 for ml-20mx16x32, else 1",
                               chart="training.slices")
+    accelerator: Accelerator = flag("auto", help="what to train on: auto (what the trainer finds), cpu, gpu or tpu; "
+                                                 "with gpu or tpu a trainer that finds no such device exits 2 at "
+                                                 "once, never training on the CPU", chart="accelerator.require")
     mixed_precision: bool = flag(False, help="mixed_float16 on GPU, mixed_bfloat16 on TPU",
                                  chart="training.mixedPrecision")
     xla: bool = flag(False, help="compile train and eval steps with XLA", chart="training.xla")

@@ -43,7 +43,7 @@ from protocol.peer import Heartbeat
 from protocol.runfiles import epoch_numbers, write_metrics
 from protocol.shards import GeneratorWatch
 
-from . import checkpoint, data, evaluation, export, serving, tensorboard
+from . import checkpoint, data, evaluation, export, serving, strategy, tensorboard
 from .best import BestWeights
 from .child import check_alive, spawn_generator, stop_child
 from .config import Config, parse_args
@@ -53,6 +53,9 @@ log = logging.getLogger("ncf.trainer")
 
 def main(argv: list[str]) -> None:
     config = parse_args(argv)
+    # Before anything touches the bucket: an accelerator asked for and missing is exit 2 at once.
+    hardware = strategy.detect(config.accelerator)
+    strategy.require(config.accelerator, hardware)
     run = RunDir(config.data_dir)
     # Polls treat bucket errors as no news for --peer-timeout; a 403 on the first writes is
     # waited out for --permission-wait.
@@ -63,7 +66,7 @@ def main(argv: list[str]) -> None:
     try:
         with Heartbeat(run, "trainer", interval=config.heartbeat_interval) as heartbeat:
             heartbeat.update(run_id=command.run_id)
-            train(config, run, command, heartbeat, child)
+            train(config, run, command, heartbeat, child, hardware)
     finally:
         stop_child(child)
 
@@ -144,7 +147,8 @@ class EpochLoop:
     best: BestWeights
 
 
-def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, child) -> None:
+def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, child,
+          hardware: strategy.Hardware) -> None:
     if storage.exists(run.result):
         log.info("%s exists: run %s is complete", run.result, command.run_id)
         heartbeat.update(state="done", message="complete")
@@ -158,7 +162,7 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
         if not progress.finished and progress.epochs_done < command.epochs:
             loader.start(progress.epochs_done)  # read while the eval data loads and the model builds
         meta, eval_data = load_dataset(run, command, waits)
-        net = build_model(config, command, meta, saved)
+        net = build_model(config, command, meta, saved, hardware)
         best = BestWeights(config.export)
         best.restore(run, progress.history, saved, net.model)
         with BackgroundWriter("trainer-writes") as writes:
@@ -231,17 +235,17 @@ def load_dataset(run: RunDir, command: Command, waits: Waits) -> tuple[DatasetMe
     return meta, (columns["user"], items, mask)
 
 
-def build_model(config: Config, command: Command, meta: DatasetMeta, saved: checkpoint.Saved | None) -> Network:
+def build_model(config: Config, command: Command, meta: DatasetMeta, saved: checkpoint.Saved | None,
+                hardware: strategy.Hardware) -> Network:
     """NeuMF under the hardware's strategy, restored from the checkpoint if there is one."""
     import keras
     import tensorflow as tf
 
-    from . import strategy
     from .model import build_neumf, compile_neumf, epoch_trainer
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(command.seed)
-    choice, distribution = strategy.setup(config.mixed_precision)
+    choice, distribution = strategy.setup(config.mixed_precision, hardware)
     with distribution.scope():
         model = compile_neumf(build_neumf(meta.num_users, meta.num_items, config.mf_dim, config.layers, config.l2),
                               config.learning_rate, config.xla, config.adam(), config.warmup_steps)

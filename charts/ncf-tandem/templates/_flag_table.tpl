@@ -35,6 +35,7 @@ Each row: flag, its value under the component's values, kind (see "ncf-tandem.fl
 - [--target-hr, training.targetHr, number]
 - [--buffer-epochs, training.bufferEpochs, int]
 - [--slices, training.slices, int]
+- [--accelerator, accelerator.require, string]
 - [--mixed-precision, training.mixedPrecision, bool]
 - [--xla, training.xla, bool]
 - [--export, training.export, string]
