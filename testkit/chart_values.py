@@ -34,6 +34,7 @@ EVERY_TRAINING_VALUE = {
     "readConcurrency": 8,
     "checkpointEvery": 2,
     "checkpointEveryMinutes": 7.5,
+    "slices": 6,
 }
 # What the trainer must receive for EVERY_TRAINING_VALUE, flag by flag.
 EVERY_TRAINING_FLAG = {
@@ -64,14 +65,14 @@ EVERY_TRAINING_FLAG = {
     "--read-concurrency": "8",
     "--checkpoint-every": "2",
     "--checkpoint-every-minutes": "7.5",
+    "--slices": "6",
 }
 EVERY_TIMEOUT_VALUE = {"start": 5400, "peer": 90.5, "heartbeatInterval": 0.25, "permissionWait": 45.5}
 EVERY_GENERATOR_VALUE = {"workers": 3, "cacheDir": "gs://b/cache", "partExamples": 100000, "uploadConcurrency": 4,
-                         "timeouts": EVERY_TIMEOUT_VALUE}
+                         "shards": 3, "timeouts": EVERY_TIMEOUT_VALUE}
 # A value for every flag the chart renders (tests/test_chart_flags.py: a flag without one fails).
 EVERY_FLAG_VALUE = {"dataDir": "gs://b/p", "generator": EVERY_GENERATOR_VALUE,
-                    "trainer": {"training": EVERY_TRAINING_VALUE, "timeouts": EVERY_TIMEOUT_VALUE,
-                                "accelerator": {"require": "cpu"}}}
+                    "trainer": {"training": EVERY_TRAINING_VALUE, "timeouts": EVERY_TIMEOUT_VALUE}}
 # Every flag ncf-generator knows, from its own parser.
 GENERATOR_FLAGS = {option for action in generator_parser()._actions for option in action.option_strings} - {"-h", "--help"}
 

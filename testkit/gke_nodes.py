@@ -23,6 +23,7 @@ MACHINES = {
     "n2-standard-16": (16, 64),
     "g2-standard-4": (4, 16),  # one L4
     "g2-standard-8": (8, 32),  # one L4
+    "a2-ultragpu-1g": (12, 170),  # one A100 80GB
     "ct5lp-hightpu-1t": (24, 48),  # TPU v5e, 1 chip
     "ct5lp-hightpu-4t": (112, 192),  # TPU v5e, 4 chips
 }

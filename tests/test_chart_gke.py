@@ -19,6 +19,7 @@ PROFILE_NODES = {
     "gke-l4-values.yaml": {"generator": "n2-standard-8", "trainer": "g2-standard-8"},
     "gke-l4-jobset-values.yaml": {"generator": "n2-standard-8", "trainer": "g2-standard-8"},
     "gke-tpu-v5e-values.yaml": {"generator": "n2-standard-16", "trainer": "ct5lp-hightpu-4t"},
+    "gke-ml1b-values.yaml": {"generator": "n2-standard-8", "trainer": "a2-ultragpu-1g"},
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass"}
 WORKLOADS = ["jobs", "jobset"]

@@ -57,11 +57,7 @@ tolerations and device resources for the trainer only.
 Usage: include "ncf-tandem.trainer.pod" $ | fromYaml
 */}}
 {{- define "ncf-tandem.trainer.pod" -}}
-{{- $t := deepCopy .Values.trainer }}
-{{- /* --accelerator follows the preset unless set: the device asked for must be there. */ -}}
-{{- if not $t.accelerator.require }}
-{{- $_ := set $t.accelerator "require" (get (dict "nvidia" "gpu" "tpu" "tpu") $t.accelerator.preset) }}
-{{- end }}
+{{- $t := .Values.trainer }}
 {{- $args := list (printf "--data-dir=%s" .Values.dataDir) }}
 {{- $args = concat $args (include "ncf-tandem.flags" (dict "component" "trainer" "values" $t) | fromYamlArray) }}
 {{- if $t.args }}
@@ -136,7 +132,19 @@ applies) and no suspend (the JobSet is what Kueue suspends).
 # Kueue starts it once admitted.
 suspend: true
 {{- end }}
+{{- $shards := int64 (default 1 (and (eq .name "generator") $c.shards)) }}
+{{- if gt $shards 1 }}
+# One pod per index: pod i makes the slices s with s mod {{ $shards }} = i (its
+# --shard is JOB_COMPLETION_INDEX). A failed pod is recreated for its index
+# alone, up to backoffLimitPerIndex times; the Job fails only when one index
+# runs out of them, so the other pods (and a JobSet's trainer) keep running.
+completionMode: Indexed
+completions: {{ $shards }}
+parallelism: {{ $shards }}
+backoffLimitPerIndex: {{ int64 $c.job.backoffLimit }}
+{{- else }}
 backoffLimit: {{ int64 $c.job.backoffLimit }}
+{{- end }}
 {{- with $c.job.activeDeadlineSeconds }}
 activeDeadlineSeconds: {{ int64 . }}
 {{- end }}
