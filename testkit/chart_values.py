@@ -72,7 +72,8 @@ EVERY_GENERATOR_VALUE = {"workers": 3, "cacheDir": "gs://b/cache", "partExamples
                          "shards": 3, "timeouts": EVERY_TIMEOUT_VALUE}
 # A value for every flag the chart renders (tests/test_chart_flags.py: a flag without one fails).
 EVERY_FLAG_VALUE = {"dataDir": "gs://b/p", "generator": EVERY_GENERATOR_VALUE,
-                    "trainer": {"training": EVERY_TRAINING_VALUE, "timeouts": EVERY_TIMEOUT_VALUE}}
+                    "trainer": {"training": EVERY_TRAINING_VALUE, "timeouts": EVERY_TIMEOUT_VALUE,
+                                "accelerator": {"require": "cpu"}}}
 # Every flag ncf-generator knows, from its own parser.
 GENERATOR_FLAGS = {option for action in generator_parser()._actions for option in action.option_strings} - {"-h", "--help"}
 

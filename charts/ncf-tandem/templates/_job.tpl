@@ -57,7 +57,11 @@ tolerations and device resources for the trainer only.
 Usage: include "ncf-tandem.trainer.pod" $ | fromYaml
 */}}
 {{- define "ncf-tandem.trainer.pod" -}}
-{{- $t := .Values.trainer }}
+{{- $t := deepCopy .Values.trainer }}
+{{- /* --accelerator follows the preset unless set: the device asked for must be there. */ -}}
+{{- if not $t.accelerator.require }}
+{{- $_ := set $t.accelerator "require" (get (dict "nvidia" "gpu" "tpu" "tpu") $t.accelerator.preset) }}
+{{- end }}
 {{- $args := list (printf "--data-dir=%s" .Values.dataDir) }}
 {{- $args = concat $args (include "ncf-tandem.flags" (dict "component" "trainer" "values" $t) | fromYamlArray) }}
 {{- if $t.args }}
