@@ -45,7 +45,10 @@ class GeneratorWatch:
             if now - self._listed >= self.min_poll:
                 self._listed = now
                 self._discover()
-            return [watch.check() for watch in self.watches.values()]
+            statuses = [watch.check() for watch in self.watches.values()]
+            if self._expand():  # a heartbeat just read tells of pods not watched yet
+                statuses = [watch.check() for watch in self.watches.values()]
+            return statuses
 
     def all_done(self, run_id: str) -> bool:
         """Whether every pod reported done for run_id at its last heartbeat."""
@@ -61,14 +64,19 @@ class GeneratorWatch:
             if not storage.is_transient(error):
                 raise
             return
-        shards = max([1, *(shard + 1 for shard in found),
-                      *(w.last.shards for w in self.watches.values() if w.last is not None)])
-        if shards > 1:
-            self.watches.pop("generator", None)
-            for shard in range(shards):
-                peer = f"generator-{shard}"
-                if peer not in self.watches:
-                    self.watches[peer] = self._watch(peer)
+        if found:  # status/generator-<i>.json: a generator of several pods
+            self._watch_pods(max(found) + 1)
+
+    def _expand(self) -> bool:
+        """Watches every pod the heartbeats read so far count; True if that added any."""
+        shards = max((w.last.shards for w in self.watches.values() if w.last is not None), default=1)
+        return shards > 1 and self._watch_pods(shards)
+
+    def _watch_pods(self, shards: int) -> bool:
+        self.watches.pop("generator", None)
+        added = [f"generator-{shard}" for shard in range(shards) if f"generator-{shard}" not in self.watches]
+        self.watches.update({peer: self._watch(peer) for peer in added})
+        return bool(added)
 
     def _watch(self, peer: str) -> PeerWatch:
         return PeerWatch(self.run, peer, self.start_timeout, self.peer_timeout, self.min_poll)

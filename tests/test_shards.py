@@ -4,11 +4,16 @@ is restarted (as its Indexed Job would) and the run completes with every epoch t
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from generator.slices import Slicing, owned
-from protocol import MessageError, Ready, RunDir, Status, storage
+from protocol import MessageError, PeerError, Ready, RunDir, Status, storage
+from protocol.shards import GeneratorWatch
+from runstatus.render import render
+from runstatus.snapshot import read_snapshot
 from testkit.builders import metrics, publish_command
 from testkit.generator_support import make_command, run_generator, start_generator
 from testkit.jobs import generator, snapshot, trainer, wait_until
@@ -46,6 +51,7 @@ def test_interleave_puts_every_example_once_and_each_batch_in_proportion():
     assert Interleave.of([100], batch) is None, "one slice: the parts' own order"
 
 
+@pytest.mark.slow
 def test_the_trainer_reads_a_sliced_epoch_interleaved(tmp_path, cli_env):
     run_url = str(tmp_path / "run")
     publish_command(run_url, make_command("synthetic-small", epochs=1, slices=3))
@@ -108,3 +114,33 @@ def test_three_pods_on_gcs_one_killed_mid_epoch_and_restarted(gcs_bucket, tmp_pa
     assert [m.epoch for m in metrics(run_url)] == list(range(epochs)), "every epoch trained once"
     assert "starting at epoch 1" in pods[1].log, "the restarted pod goes on where it stopped"
     assert storage.listdir(run.epochs_dir) == [], "every consumed epoch is deleted"
+
+
+def _pod_status(run_url: str, shard: int, shards: int, state: str, epochs_done: int = 0) -> None:
+    storage.overwrite(RunDir(run_url).generator_status(shard, shards), Status(
+        side="generator", state=state, run_id="r1", epoch=None, epochs_done=epochs_done, time=time.time(),
+        shard=shard, shards=shards))
+
+
+def test_ncf_status_shows_every_generator_pod_and_the_slowest_ones_count(tmp_path):
+    run_url = str(tmp_path / "run")
+    _pod_status(run_url, 0, 3, "generating", epochs_done=4)
+    _pod_status(run_url, 2, 3, "waiting", epochs_done=2)
+    snapshot = read_snapshot(RunDir(run_url))
+    assert list(snapshot.status) == ["generator-0", "generator-1", "generator-2", "trainer"]
+    assert snapshot.status["generator-1"] is None, "a pod that has not written yet is shown as such"
+    assert snapshot.epochs_generated == 0, "an epoch is made only when every pod made its slices"
+    screen = render(snapshot)
+    assert "Generator-0 GENERATING" in screen and "Generator-1 no heartbeat yet" in screen
+
+
+def test_the_trainer_waits_for_every_pod_and_names_the_one_that_never_came(tmp_path):
+    run_url = str(tmp_path / "run")
+    watch = GeneratorWatch(RunDir(run_url), start_timeout=0.5, peer_timeout=30, min_poll=0.0)
+    assert watch.check() == [None], "no pod yet: not started"
+    _pod_status(run_url, 0, 2, "done")
+    assert [s and s.state for s in watch.check()] == ["done", None]
+    assert not watch.all_done("r1"), "pod 1 has not made its slices"
+    time.sleep(0.6)
+    with pytest.raises(PeerError, match="generator-1 never started"):
+        watch.check()
