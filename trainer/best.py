@@ -31,11 +31,12 @@ class BestWeights:
         if self.mode == "best" and (self.best is None or record.hr_at_10 > self.best.hr_at_10):
             self.best, self.weights = record, [np.array(w, copy=True) for w in model.get_weights()]
 
-    def restore(self, run: RunDir, history: list[EpochMetrics], saved: checkpoint.Saved | None, model) -> None:
+    def restore(self, run: RunDir, saved: checkpoint.Saved | None, model) -> None:
         """After a restart: the best epoch so far (from the checkpoint's history) and its weights,
         from the model just restored or from a checkpoint still kept; else none is held."""
-        if self.mode != "best" or saved is None or not history:
+        if self.mode != "best" or saved is None:
             return
+        history = saved.pointer.history  # never empty: a checkpoint is taken after an epoch
         best = max(history, key=lambda m: m.hr_at_10)
         if best.epoch == history[-1].epoch:
             weights = [np.array(w, copy=True) for w in model.get_weights()]  # the checkpoint just restored

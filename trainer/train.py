@@ -164,7 +164,7 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
         meta, eval_data = load_dataset(run, command, waits)
         net = build_model(config, command, meta, saved, hardware)
         best = BestWeights(config.export)
-        best.restore(run, progress.history, saved, net.model)
+        best.restore(run, saved, net.model)
         with BackgroundWriter("trainer-writes") as writes:
             checkpoints = checkpoint.Checkpointer(run, on_landed=consumed(run, writes, heartbeat, progress.epochs_done))
             checkpoints.last_epochs_done, checkpoints.last_time = progress.epochs_done, time.monotonic()
