@@ -83,7 +83,10 @@ def complete(folder: str, run_id: str, kind: str, epoch: int | None, slices: int
     order, and returns True. Pods racing here publish the same bytes: success for each."""
     if not made(folder, list(range(slices))):
         return False
-    manifests = [storage.read_message(RunDir.slice_ready(folder, s), Ready, run_id) for s in range(slices)]
+    try:
+        manifests = [storage.read_message(RunDir.slice_ready(folder, s), Ready, run_id) for s in range(slices)]
+    except FileNotFoundError:  # another pod completed it and the trainer has consumed and deleted it since
+        return False
     storage.publish_once(RunDir.ready(folder), Ready(
         run_id=run_id, kind=kind, epoch=epoch, num_examples=sum(m.num_examples for m in manifests),
         parts=[part for m in manifests for part in m.parts], slices=[m.num_examples for m in manifests]))
