@@ -13,7 +13,7 @@
 - A 403 on a write before this process's first write has landed is a fresh IAM grant still
   spreading (it takes 2-7+ minutes): retried for --permission-wait, then PermissionDenied (exit 2)
   naming the URL, the principal when known, and the role it needs. After a write has landed, a
-  403 is final at once.
+  403 is raised as it comes (exit 1: Kubernetes restarts the Job, as for any unexpected error).
 - Every one of these waits keeps time with one `Outage` clock: it starts when the first failing
   call began, ends with the first success, and says when it has lasted its limit.
 How long each wait is comes from `Patience`, configured once per process from the Job's flags.
@@ -162,7 +162,7 @@ def is_forbidden(error: BaseException) -> bool:
 
 ROLE = "roles/storage.objectUser"
 _PRINCIPAL = re.compile(r"^(\S+@\S+|Anonymous caller) does not have", re.MULTILINE)
-_write_landed = threading.Event()  # a write succeeded: from then on, a 403 is final at once
+_write_landed = threading.Event()  # a write succeeded: from then on, a 403 is not waited out
 
 
 def retrying(action: Callable[[], T], url: str, deadline: float | None = None, exit_code: int = EXIT_OTHER,
@@ -173,13 +173,14 @@ def retrying(action: Callable[[], T], url: str, deadline: float | None = None, e
     if getattr(_local, "polling", False):
         return action()
     outage = Outage(patience().bucket if deadline is None else deadline)
-    denied = Outage(patience().permission if write and not _write_landed.is_set() else 0.0)
+    # A 403 is waited out only on a write before any write landed (the grant may still be spreading).
+    denied = Outage(patience().permission) if write and not _write_landed.is_set() else None
     pause = 0.5
     while True:
         try:
             result = action()
         except Exception as error:
-            clock = _clock_for(error, outage, denied, write)
+            clock = _clock_for(error, outage, denied)
             clock.failed(error)
             if clock.over():
                 raise _gave_up(clock, url, exit_code, principal) from error
@@ -194,10 +195,11 @@ def retrying(action: Callable[[], T], url: str, deadline: float | None = None, e
         return result
 
 
-def _clock_for(error: Exception, outage: Outage, denied: Outage, write: bool) -> Outage:
+def _clock_for(error: Exception, outage: Outage, denied: Outage | None) -> Outage:
+    """The clock that waits this error out; raises it where none does."""
     if is_transient(error):
         return outage
-    if write and is_forbidden(error):
+    if denied is not None and is_forbidden(error):
         return denied
     raise error
 
