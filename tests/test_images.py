@@ -111,6 +111,18 @@ def test_trainer_image_has_tensorflow_cpu(images):
     assert out.stdout.split()[0].startswith("2.")
 
 
+def test_trainer_image_refuses_an_absent_gpu_and_leaves_pjrt_to_the_tpu_image(images):
+    """--accelerator gpu in the CPU image: exit 2 in one line, before any bucket (issue 18 item 3);
+    the PJRT environment is the train-tpu image's alone (Dockerfile.train's runtime-train-tpu)."""
+    out = run_in(images["trainer"], "--data-dir", "/tmp/run", "--dataset", "synthetic-small",
+                 "--accelerator", "gpu", timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "expected a GPU, found only the CPU: this TensorFlow" in out.stderr.strip().splitlines()[-1]
+    config = json.loads(subprocess.run(["docker", "image", "inspect", "--format", "{{json .Config}}",
+                                        images["trainer"]], check=True, capture_output=True).stdout)
+    assert not [e for e in config["Env"] if e.startswith(("PJRT_DEVICE=", "TF_PLUGGABLE_DEVICE_LIBRARY_PATH="))]
+
+
 def test_generator_image_is_small(images):
     size = ds.image_size_bytes(images["generator"])
     # The base image plus numpy, numba (its LLVM is 175 MB of it), gcsfs and the kubernetes
