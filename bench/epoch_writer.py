@@ -16,7 +16,8 @@ and the peak RSS, and as its last line one JSON object.
 Then a lone `ncf-generator` process (the CLI, as a Job runs it: heartbeats, ready.json,
 buffer polls) writes --cli-epochs epochs of the same dataset into a local run directory;
 `cli_seconds_per_epoch` is its best steady epoch seen from outside (the shortest time
-between two consecutive epochs' ready.json), `cli_ratio_to_floor` that over the same floor.
+between two consecutive epochs' ready.json; each epoch deleted once ready, as the trainer
+does), `cli_ratio_to_floor` that over the same floor.
 
 The dataset comes from the preprocessing cache (default: <tmp>/ncf-bench-cache); on a
 cold cache it is generated first (about 10 s), which then also shows in the peak RSS.
@@ -41,7 +42,7 @@ import numpy as np
 
 from generator.datasets import prepare
 from generator.sampling import EpochWriter
-from protocol import DatasetSpec, PartInfo, RunDir
+from protocol import DatasetSpec, PartInfo, RunDir, storage
 from testkit.builders import command, publish_command
 
 
@@ -89,13 +90,22 @@ def measure_writer(dataset, args, scratch: Path) -> tuple[list[float], list[floa
 
 def measure_cli(args, run: Path) -> float:
     """Best steady seconds per epoch of a lone ncf-generator: the shortest time between two
-    consecutive epochs' ready.json (best, as for the EpochWriter: noise only ever adds)."""
+    consecutive epochs' ready.json (best, as for the EpochWriter: noise only ever adds). Each
+    epoch is deleted once ready, as the trainer does once it has read it (and as the in-process
+    measurement does): dirty pages of epochs kept would slow the disk for the next ones."""
     run.mkdir()
     publish_command(str(run), command("synthetic-20m", epochs=args.cli_epochs, num_neg=args.num_neg,
                                       buffer_epochs=args.cli_epochs))
-    subprocess.run([sys.executable, "-m", "generator", "--data-dir", str(run), "--cache-dir", args.cache_dir,
-                    "--workers", str(args.workers)], check=True, timeout=600)
-    ready = [os.stat(RunDir.ready(RunDir(str(run)).epoch_dir(k))).st_mtime for k in range(args.cli_epochs)]
+    generator = subprocess.Popen([sys.executable, "-m", "generator", "--data-dir", str(run), "--cache-dir",
+                                  args.cache_dir, "--workers", str(args.workers)])
+    ready = []
+    for epoch in range(args.cli_epochs):
+        folder = Path(RunDir(str(run)).epoch_dir(epoch))
+        storage.wait_until(lambda: (folder / "ready.json").exists(), 600, f"epoch {epoch}", max_interval=0.01)
+        ready.append(time.monotonic())
+        shutil.rmtree(folder)
+    if generator.wait(timeout=600) != 0:
+        raise RuntimeError(f"ncf-generator exited with {generator.returncode}")
     return min(b - a for a, b in zip(ready, ready[1:]))
 
 
