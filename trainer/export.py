@@ -15,6 +15,7 @@ import os
 import tempfile
 
 from protocol import InvalidInput, RunDir, storage
+from protocol.errors import describe_error
 
 from .serving import ServingIds, save_serving
 
@@ -33,7 +34,7 @@ def export(run: RunDir, model, ids: ServingIds | None) -> None:
         try:
             save_serving(model, ids, os.path.join(tmp, "saved_model"))
         except Exception as error:  # e.g. a strategy that cannot export; the .keras file still serves
-            log.warning("SavedModel export failed (%s: %s); model.keras only", type(error).__name__, error)
+            log.warning("SavedModel export failed (%s); model.keras only", describe_error(error))
         storage.put_tree(tmp, run.model)
     log.info("exported the model to %s", run.model)
 
