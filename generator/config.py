@@ -3,7 +3,8 @@
 It takes everything about the data from the trainer's command.json, so its flags are where the
 run lives, its timeouts and its own resources. How to add a flag: trainer/config.py (a
 generator flag's `chart=` key is under generator: in the chart's values). A flag added here
-also reaches the trainer as --generator-NAME, passed on by --spawn-generator.
+also reaches the trainer as --generator-NAME, passed on by --spawn-generator, unless it is
+`per_pod` (it places one pod among the run's several; a spawned generator is the only pod).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ DEFAULT_PART_EXAMPLES = 1_000_000
 # Measured with bench/bucket.py through the chaos bucket shaped to 25 MB/s + 20 ms per
 # connection: 16 in flight reach the 2-core machine's limit (8 do not fill the link).
 DEFAULT_UPLOAD_CONCURRENCY = 16
+SPAWNED_IS_ONE_POD = "the trainer's --spawn-generator child is the run's one generator pod"
 
 
 def job_completion_index() -> int:
@@ -67,10 +69,11 @@ class Options:
     upload_concurrency: int = flag(DEFAULT_UPLOAD_CONCURRENCY, bounds=POSITIVE, chart="uploadConcurrency",
                                    help="part uploads in flight (measured with bench/bucket.py); at most twice "
                                         "as many parts are held in memory; does not change the output")
-    shards: int = flag(1, bounds=POSITIVE, chart="shards",
+    shards: int = flag(1, bounds=POSITIVE, chart="shards", per_pod=SPAWNED_IS_ONE_POD,
                        help="generator pods that make the epochs together, each its own slices of users "
                             "(DESIGN.md 'Past one pod'); the same for every pod of a run; does not change the output")
     shard: int = flag(default_factory=job_completion_index, bounds=NON_NEGATIVE,
                       default_text="$JOB_COMPLETION_INDEX (an Indexed Job's pod index), else 0",
                       not_in_chart="the generator's Indexed Job gives each pod JOB_COMPLETION_INDEX",
+                      per_pod=SPAWNED_IS_ONE_POD,
                       help="which of the --shards pods this is: it makes the slices s with s mod shards = shard")

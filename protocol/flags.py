@@ -31,17 +31,20 @@ class Flag:
     not_in_chart: str | None = None
     # Said in --help where the default is not a plain value (a dataset's preset, the machine's CPUs).
     default_text: str | None = None
+    # Why another program that runs this one as its only pod (the trainer's --spawn-generator)
+    # does not pass it on: the flag places one pod among several (--shard, --shards).
+    per_pod: str | None = None
 
 
 def flag(default: Any = MISSING, *, help: str, bounds: Bounds | None = None, chart: str | None = None,
          not_in_chart: str | None = None, default_factory: Callable[[], Any] | Any = MISSING,
-         default_text: str | None = None) -> Any:
+         default_text: str | None = None, per_pod: str | None = None) -> Any:
     """A dataclass field that is a flag. No default (and no default_factory): a required flag."""
     if (chart is None) == (not_in_chart is None):
         raise TypeError(f"{help!r}: a flag names its chart value or says why the chart has none")
     required = default is MISSING and default_factory is MISSING
     meta = Flag(help=help, bounds=bounds, required=required, chart=chart, not_in_chart=not_in_chart,
-                default_text=default_text)
+                default_text=default_text, per_pod=per_pod)
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"flag": meta})
 
 

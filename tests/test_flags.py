@@ -6,6 +6,8 @@ import pytest
 
 from generator.__main__ import parse_args as parse_generator_args
 from generator.__main__ import parser as generator_parser
+from generator.config import Options as GeneratorOptions
+from protocol import flags
 from runstatus.__main__ import parse_args as parse_status_args
 from trainer.child import generator_args
 from trainer.config import parse_args as parse_trainer_args
@@ -44,11 +46,24 @@ def test_flags_take_the_tables_defaults_types_and_presets():
     assert config.ratings is None and config.generator == {}
 
 
-def test_the_trainer_takes_every_generator_flag():
-    # Shared flags under their own names, the generator's own ones as --generator-NAME.
+def test_the_trainer_takes_every_generator_flag_but_the_per_pod_ones():
+    # Shared flags under their own names, the generator's own ones as --generator-NAME; --shard
+    # and --shards place one pod among several, and a spawned generator is the only one.
     trainer = options(trainer_parser())
-    for flag in options(generator_parser()):
+    per_pod = {row.option for row in flags.rows(GeneratorOptions) if row.flag.per_pod}
+    assert per_pod == {"--shard", "--shards"}
+    for flag in options(generator_parser()) - per_pod:
         assert flag in trainer or "--generator-" + flag.removeprefix("--") in trainer, flag
+    assert not {"--generator-shard", "--generator-shards", "--shard", "--shards"} & trainer
+
+
+@pytest.mark.parametrize("flag", ["--generator-shard", "--generator-shards"])
+def test_the_trainer_refuses_a_per_pod_generator_flag(flag, capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse_trainer_args([*TRAINER, "--spawn-generator", flag, "1"])
+    assert exit.value.code == 2
+    assert f"unrecognized arguments: {flag} 1" in capsys.readouterr().err
+
 
 
 def test_spawn_generator_passes_on_every_generator_flag_it_was_given():

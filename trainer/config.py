@@ -22,7 +22,8 @@ says how a field becomes a flag):
    the value's values.schema.json entry (type, bounds, choices) and its README description.
    tests/test_chart_flags.py renders a value for every flag through this parser: it fails for
    a flag without a chart value, a rendered flag the parser does not know, or stale files.
-A generator flag the trainer lacks reaches it as --generator-NAME (for --spawn-generator): nothing to do.
+A generator flag the trainer lacks reaches it as --generator-NAME (for --spawn-generator): nothing to do
+(unless it is `per_pod`, one pod's place among several: the spawned child is the only pod, it is not passed on).
 """
 
 from __future__ import annotations
@@ -191,11 +192,12 @@ class Config:
 
 def generator_rows() -> list[flags.Row]:
     """The generator's flags as the trainer takes them: shared ones (--data-dir, the timeouts) under
-    their own names, the others as --generator-NAME (unset: the generator's default)."""
+    their own names, the others as --generator-NAME (unset: the generator's default); per-pod ones
+    (--shard, --shards) not at all, since the spawned child is the run's only generator pod."""
     own = {row.name for row in flags.rows(Config)}
     return [row if row.name in own else
             row.passed_on(GENERATOR_PREFIX + row.name, "with --spawn-generator, the generator", CHART_RUNS_THE_GENERATOR)
-            for row in flags.rows(GeneratorOptions)]
+            for row in flags.rows(GeneratorOptions) if not row.flag.per_pod]
 
 
 GENERATOR_PREFIX = "generator_"
