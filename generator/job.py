@@ -27,7 +27,7 @@ from protocol.peer import Heartbeat, PeerWatch
 
 from . import datasets, evaldata, slices
 from .datasets import prepare
-from .preprocess import Dataset
+from .preprocess import Dataset, DatasetIndex
 from .config import Options
 from .sampling import EpochSlice, EpochUpload, EpochWriter
 from .slices import Slicing
@@ -66,8 +66,7 @@ def load_slices(command: Command, options: Options, run: RunDir) -> tuple[Slicin
 
     A set one pod holds is prepared whole (or taken from the cache) and cut in memory; a
     larger one (datasets.user_range_source) loads only the users of this pod's slices, and
-    publishes no dataset/ids/ (a whole copy of its training items would not fit either: the
-    served model then takes dense ids)."""
+    publishes the users' raw ids alone, from the index (publish_user_ids)."""
     spec, cache_dir = command.dataset, options.cache_dir or default_cache_dir(run.url)
     whole = None if datasets.user_range_source(spec) else prepare(spec, cache_dir)
     index = whole.index() if whole is not None else datasets.index(spec, cache_dir)
@@ -86,8 +85,11 @@ def load_slices(command: Command, options: Options, run: RunDir) -> tuple[Slicin
         evaldata.check_feasible(users, command, run.command)
         pieces.append(EpochSlice(index=s, dataset=users, first_user=first, first_part=int(first_parts[s]),
                                  all_users=index.num_users))
+    # Before meta.json: whoever sees meta.json finds them.
     if whole is not None:
-        publish_ids(run, whole, command.run_id)  # before meta.json: whoever sees meta.json finds them
+        publish_ids(run, whole, command.run_id)
+    else:
+        publish_user_ids(run, index, command.run_id)
     publish_meta(run, meta)
     return slicing, pieces
 
@@ -100,12 +102,22 @@ def publish_meta(run: RunDir, meta: DatasetMeta) -> None:
 def publish_ids(run: RunDir, dataset: Dataset, run_id: str) -> IdMaps:
     """Publishes dataset/ids/ (raw id maps, training items per user; protocol.messages.IdMaps)
     once, create-only; a later attempt checks that what is there lists the same bytes."""
-    encoded = {"users": parts.encode({"raw_id": dataset.raw_user_ids.astype(np.int64),
-                                      "train_count": dataset.train_counts.astype(np.int64)}),
-               "items": parts.encode({"raw_id": dataset.raw_item_ids.astype(np.int64)}),
-               "train": parts.encode({"train_item": dataset.train_items})}
-    listing = IdMaps(run_id=run_id, num_users=dataset.num_users, num_items=dataset.num_items,
-                     num_train=dataset.num_train,
+    return _publish_id_parts(run, dataset.index().meta(run_id), {
+        "users": {"raw_id": dataset.raw_user_ids.astype(np.int64), "train_count": dataset.train_counts.astype(np.int64)},
+        "items": {"raw_id": dataset.raw_item_ids.astype(np.int64)},
+        "train": {"train_item": dataset.train_items}})
+
+
+def publish_user_ids(run: RunDir, index: DatasetIndex, run_id: str) -> IdMaps:
+    """dataset/ids/ of a set too large for one pod: its users' raw ids alone, which every pod
+    knows from the index (items are already dense; no training items: IdMaps says why)."""
+    return _publish_id_parts(run, index.meta(run_id), {"users": {"raw_id": index.raw_user_ids.astype(np.int64)}})
+
+
+def _publish_id_parts(run: RunDir, meta: DatasetMeta, columns: dict[str, dict[str, np.ndarray]]) -> IdMaps:
+    encoded = {name: parts.encode(part_columns) for name, part_columns in columns.items()}
+    listing = IdMaps(run_id=meta.run_id, num_users=meta.num_users, num_items=meta.num_items,
+                     num_train=meta.num_train,
                      **{name: PartInfo(name=name, num_examples=part.num_examples, size=len(part.data),
                                        crc32c=parts.checksum(part.data)) for name, part in encoded.items()})
     if not storage.exists(run.ids):  # else leave the listed parts alone: only compare

@@ -82,6 +82,11 @@ class MovieLens1B:
         return np.concatenate([[0], np.cumsum([len(s.raw_users) for s in self.shards])])
 
     @cached_property
+    def raw_users(self) -> np.ndarray:
+        """Dense user -> raw user id (int64, increasing), every shard's users in shard order."""
+        return np.concatenate([s.raw_users for s in self.shards])
+
+    @cached_property
     def fingerprint(self) -> str:
         """Of every test row and every train shard's size: what the index is made of."""
         digest = hashlib.sha256()
@@ -105,7 +110,7 @@ class MovieLens1B:
                                    f"{shard.holdout.max()}; expected 0 to {num_items - 1}")
         return DatasetIndex(name=NAME, fingerprint=self.fingerprint, num_users=num_users, num_items=num_items,
                             num_ratings=int(train.sum()) + num_users, block_users=self.block_users,
-                            block_train=train)
+                            block_train=train, user_ids=self.raw_users)
 
     def load_users(self, first: int, last: int) -> Dataset:
         """Dense users first..last-1, read from the shards that hold them alone."""
@@ -119,13 +124,12 @@ class MovieLens1B:
             indptr = np.concatenate([[0], np.cumsum(shard_counts)])
             counts.append(shard_counts[lo:hi])
             items.append(shard_items[indptr[lo]:indptr[hi]])
-        raw = np.concatenate([s.raw_users for s in self.shards])
         ids = id_dtype(index.num_items)
         holdout = np.concatenate([s.holdout for s in self.shards])
         return Dataset(name=NAME, fingerprint=index.fingerprint, num_users=last - first, num_items=index.num_items,
                        num_ratings=index.num_ratings, train_counts=np.concatenate(counts),
                        train_items=np.concatenate(items).astype(ids, copy=False), holdout=holdout[first:last].astype(ids),
-                       user_ids=raw[first:last])
+                       user_ids=self.raw_users[first:last])
 
     def _largest_item(self) -> int:
         """A set of fewer than 16 shards (a test-sized one) is read whole for its item count."""

@@ -93,10 +93,15 @@ class DatasetIndex:
     num_ratings: int  # raw rows read
     block_users: np.ndarray  # int64 [num_blocks + 1]: block b holds users block_users[b]:block_users[b + 1]
     block_train: np.ndarray  # int64 [num_blocks]: training positives per block
+    user_ids: np.ndarray | None = None  # int64 [num_users]: dense -> raw user id; None: the identity
 
     @property
     def num_train(self) -> int:
         return int(self.block_train.sum())
+
+    @property
+    def raw_user_ids(self) -> np.ndarray:
+        return np.arange(self.num_users, dtype=np.int64) if self.user_ids is None else self.user_ids
 
     def meta(self, run_id: str) -> DatasetMeta:
         return DatasetMeta(run_id=run_id, dataset=self.name, fingerprint=self.fingerprint,

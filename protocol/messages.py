@@ -477,12 +477,20 @@ class IdMaps(Message):
     """dataset/ids/ids.json: the raw ids behind the dense ones, and the training items per user.
 
     Published once by the generator, create-only, before dataset/meta.json (so a reader
-    that sees meta.json finds it). Three parts beside it, each listed with size and CRC32C:
-    `users` (columns raw_id int64 [num_users]: dense user u is raw user raw_id[u];
-    train_count int64 [num_users]), `items` (column raw_id int64 [num_items]) and `train`
-    (column train_item [num_train]: user u's training items are
+    that sees meta.json finds it). Up to three parts beside it, each listed with size and
+    CRC32C: `users` (columns raw_id int64 [num_users]: dense user u is raw user raw_id[u];
+    with `train`, also train_count int64 [num_users]), `items` (column raw_id int64
+    [num_items]) and `train` (column train_item [num_train]: user u's training items are
     train_item[indptr[u]:indptr[u + 1]], indptr the cumulative train_count). The trainer
     builds the served model's id lookups and its "already rated" exclusions from them.
+
+    A set held whole by one pod (ml-100k to ml-20m, synthetic-small, synthetic-20m: at most
+    about 20M training positives) lists all three. A set too large for one pod (ml-20mx16x32,
+    synthetic-20mx16x32, at any scale) lists `users` (raw_id only) and null `items` and
+    `train`: its item ids are already dense (raw = dense, 0..num_items-1), and its training
+    items (1.2 billion, 4.9 GB at 32 bits) are no pod's to publish and would not fit a
+    SavedModel, so its served model excludes nothing. Both forms are protocol 1: a document
+    of the first form is the same bytes as before the second existed.
     """
 
     source_name: ClassVar[str] = "ids.json"
@@ -491,13 +499,14 @@ class IdMaps(Message):
     num_items: int = at_least(1)
     num_train: int = at_least(0)
     users: PartInfo
-    items: PartInfo
-    train: PartInfo
+    items: PartInfo | None = None  # None: raw item id = dense item id
+    train: PartInfo | None = None  # None: no training items per user (nothing excluded when serving)
     protocol: int = PROTOCOL_VERSION
 
     def validate(self, source: str) -> None:
         _check_protocol(self.protocol, source)
         _check_run_id(self.run_id, source)
         for name, count in (("users", self.num_users), ("items", self.num_items), ("train", self.num_train)):
-            if getattr(self, name).num_examples != count:
-                raise MessageError(source, f"{name}.num_examples", f"{count}", getattr(self, name).num_examples)
+            part = getattr(self, name)
+            if part is not None and part.num_examples != count:
+                raise MessageError(source, f"{name}.num_examples", f"{count}", part.num_examples)

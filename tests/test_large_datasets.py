@@ -14,6 +14,7 @@ from protocol import DatasetMeta, DatasetSpec, InvalidInput, MessageError, RunDi
 from testkit.builders import publish_command
 from testkit.generator_support import last_line, make_command, read_columns, read_ready, run_generator
 from testkit.movielens1b import save, write_shards
+from trainer.serving import read_ids
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -147,6 +148,12 @@ def test_the_generator_makes_a_run_from_the_shards(run_url, cli_env):
     assert read_ready(run_url, 0).num_examples == train_rows * 5
     eval_users = read_columns(run_url, None)["user"]
     np.testing.assert_array_equal(eval_users, np.arange(len(written.raw_users)))
+    # Served on raw user ids; items are MLPerf's own (dense); no training items are published.
+    assert sorted(storage.listdir(run.ids_dir)) == ["ids.json", "users"]
+    ids = read_ids(run, meta.run_id, meta)
+    np.testing.assert_array_equal(ids.user_raw, written.raw_users)
+    np.testing.assert_array_equal(ids.item_raw, np.arange(meta.num_items))
+    assert len(ids.rated) == 0 and not ids.indptr.any()
 
 
 def test_the_generator_refuses_a_full_set_with_other_counts_with_exit_2(tmp_path, cli_env):

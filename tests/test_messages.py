@@ -8,6 +8,7 @@ from testkit import builders
 
 from protocol import Command, DatasetMeta, DatasetSpec, MessageError, PartInfo, Ready, Status
 from protocol.errors import EXIT_INVALID, exit_code_for
+from protocol.messages import IdMaps
 
 
 def command(**changes) -> Command:
@@ -143,3 +144,25 @@ def test_differences_are_named_and_described_once():
     assert differences(ours, theirs) == ["b", "c", "d"]
     assert differences(ours, theirs, ignore=("c", "d")) == ["b"]
     assert describe_differences(ours, theirs, ["b"], "the flags", "the file") == "b: 5 in the file, 2 from the flags"
+
+
+def _part(name: str, count: int) -> PartInfo:
+    return PartInfo(name=name, num_examples=count, size=100, crc32c=7)
+
+
+def test_id_maps_of_a_set_held_whole_keep_their_format():
+    # Written before large sets listed users alone: the same keys, the same bytes.
+    maps = IdMaps(run_id="r", num_users=3, num_items=5, num_train=9, users=_part("users", 3),
+                  items=_part("items", 5), train=_part("train", 9))
+    document = json.loads(maps.to_json())
+    assert sorted(document) == ["items", "num_items", "num_train", "num_users", "protocol", "run_id", "train", "users"]
+    assert document["protocol"] == 1 and document["train"]["num_examples"] == 9
+    assert IdMaps.from_json(maps.to_json()) == maps
+
+
+def test_id_maps_of_a_large_set_list_users_alone():
+    maps = IdMaps(run_id="r", num_users=3, num_items=5, num_train=9, users=_part("users", 3))
+    read = IdMaps.from_json(maps.to_json())
+    assert (read.items, read.train, read.users.num_examples) == (None, None, 3)
+    with pytest.raises(MessageError, match=r"users.num_examples.*expected 4"):
+        IdMaps(run_id="r", num_users=4, num_items=5, num_train=9, users=_part("users", 3))

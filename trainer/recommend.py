@@ -8,7 +8,8 @@ model is copied as well, so both take one path). ID is the dataset's raw user id
 movie: rank, movie id, score (the predicted probability of a rating) and, with --titles,
 the title: ml-100k's `u.item` (pipe-separated, latin-1), ml-1m's `movies.dat` (`::`),
 ml-20m's `movies.csv`, or RecBole's `ml-100k.item` (the companion of its `.inter` file).
-Movies the user rated in training are never recommended.
+Movies the user rated in training are never recommended (ml-20mx16x32 and
+synthetic-20mx16x32 excepted: their training items are not in the model, see protocol.messages.IdMaps).
 Exit 2 with a one-line message for an unknown user, a missing model, or k < 1.
 """
 

@@ -8,23 +8,27 @@ numbers) around the trained Keras model, with two signatures:
                                    data: score and logit are then NaN, never another row's
     recommend(user int64 [batch], k int32 [])
         -> items int64 [batch, min(k, num_items)]   raw item ids, best first, never an item the
-                                                    user rated in training; -1 past the last
+                                                    user rated in training (where the set
+                                                    publishes them); -1 past the last
            scores float32 [batch, min(k, num_items)] NaN where items is -1
            known bool [batch]                        False: an unknown user (all -1 / NaN)
 
 Raw ids are mapped to dense ones inside the model by two tf.lookup.StaticHashTable
 (default -1 = out of vocabulary); the training items per user are kept as CSR (indptr,
 indices) variables. All of it comes from dataset/ids/ (protocol.messages.IdMaps), which
-the generator publishes (`read_ids`).
+the generator publishes (`read_ids`). The sets too large for one pod (ml-20mx16x32,
+synthetic-20mx16x32) publish their users' raw ids alone: their items are already dense and
+their served model excludes nothing (1.2 billion training items do not fit a SavedModel).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from protocol import CorruptData, DatasetMeta, RunDir, parts, storage
+from protocol import CorruptData, DatasetMeta, PartInfo, RunDir, parts, storage
 from protocol.messages import IdMaps
 
 DEFAULT_K = 10
@@ -56,24 +60,34 @@ def read_ids(run: RunDir, run_id: str, meta: DatasetMeta) -> ServingIds | None:
         raise CorruptData(f"{run.ids}: lists {listing.num_users} users, {listing.num_items} items and "
                           f"{listing.num_train} training positives; {run.meta} says {meta.num_users}, "
                           f"{meta.num_items} and {meta.num_train}")
-    columns = {}
-    for name, info, wanted in (("users", listing.users, ("raw_id", "train_count")),
-                               ("items", listing.items, ("raw_id",)), ("train", listing.train, ("train_item",))):
-        url = storage.join(run.ids_dir, info.name)
-        got = parts.read(url, info)
-        missing = [c for c in wanted if c not in got]
-        if missing:
-            raise CorruptData(f"{url}: lacks column(s) {', '.join(missing)}")
-        columns[name] = got
-    user_raw, item_raw = (np.asarray(columns[n]["raw_id"], np.int64) for n in ("users", "items"))
-    counts = np.asarray(columns["users"]["train_count"], np.int64)
-    rated = np.asarray(columns["train"]["train_item"]).astype(np.int32)
+    columns = {name: _read_id_part(run, info, wanted) for name, info, wanted in (
+        ("users", listing.users, ("raw_id", "train_count") if listing.train else ("raw_id",)),
+        ("items", listing.items, ("raw_id",)), ("train", listing.train, ("train_item",))) if info is not None}
+    user_raw = np.asarray(columns["users"]["raw_id"], np.int64)
+    # No items part: a large set's item ids are already dense (IdMaps).
+    item_raw = np.asarray(columns["items"]["raw_id"], np.int64) if "items" in columns else \
+        np.arange(meta.num_items, dtype=np.int64)
     for what, raw in (("user", user_raw), ("item", item_raw)):
         if len(np.unique(raw)) != len(raw):
             raise CorruptData(f"{run.ids_dir}: the {what} raw ids repeat")
+    if "train" not in columns:  # a large set: nothing excluded when serving (IdMaps says why)
+        return dataclasses.replace(ServingIds.identity(meta.num_users, meta.num_items), user_raw=user_raw,
+                                   item_raw=item_raw)
+    counts = np.asarray(columns["users"]["train_count"], np.int64)
+    rated = np.asarray(columns["train"]["train_item"]).astype(np.int32)
     if counts.min(initial=0) < 0 or counts.sum() != len(rated) or (len(rated) and rated.max() >= meta.num_items):
         raise CorruptData(f"{run.ids_dir}: training items per user do not fit {meta.num_items} items")
     return ServingIds(user_raw, item_raw, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), rated)
+
+
+def _read_id_part(run: RunDir, info: PartInfo, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """One part of dataset/ids/ (size and CRC32C verified) with these columns."""
+    url = storage.join(run.ids_dir, info.name)
+    got = parts.read(url, info)
+    missing = [c for c in wanted if c not in got]
+    if missing:
+        raise CorruptData(f"{url}: lacks column(s) {', '.join(missing)}")
+    return got
 
 
 def serving_module(model, ids: ServingIds):
