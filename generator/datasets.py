@@ -31,7 +31,7 @@ def user_range_source(spec: DatasetSpec) -> MovieLens1B | SyntheticExpanded | No
                                f"its shards (GroupLens' ml-20mx16x32.tar, unpacked)")
         return MovieLens1B(spec.ratings)
     if spec.name == synthetic1b.NAME:
-        return SyntheticExpanded()
+        return SyntheticExpanded(1.0 if spec.scale is None else spec.scale)
     return None
 
 

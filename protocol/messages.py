@@ -20,6 +20,8 @@ from .defaults import HEARTBEAT_INTERVAL_S
 from .errors import EXIT_INVALID, ForeignRun, MessageError
 
 PROTOCOL_VERSION = 1
+# synthetic-20mx16x32's smallest scale: 86 items, enough for its users' minimum of ratings.
+SYNTHETIC_SCALE_MIN = 1e-4
 # Each set of names is written once, as a type; the tuples, flags and checks derive from it.
 DatasetName = Literal["ml-100k", "ml-1m", "ml-20m", "ml-20mx16x32", "synthetic-small", "synthetic-20m",
                       "synthetic-20mx16x32"]
@@ -183,8 +185,17 @@ class DatasetSpec(Message):
     source_name: ClassVar[str] = "dataset"
     name: DatasetName
     ratings: str | None = None  # local path or gs:// URL; None: download (MovieLens) or synthesize
+    # synthetic-20mx16x32 alone: its users and items times this (tests, benches); None: full size.
+    # Added later: a dataset without it is at full size.
+    scale: float | None = at_least(SYNTHETIC_SCALE_MIN, default=None)
+    optional_fields: ClassVar[tuple[str, ...]] = ("scale",)
 
     def validate(self, source: str) -> None:
+        if self.scale is not None and self.name != "synthetic-20mx16x32":
+            raise MessageError(source, "dataset.scale", "null: only synthetic-20mx16x32 has a scale "
+                               "(the trainer's --synthetic-scale)", self.scale)
+        if self.scale is not None and self.scale > 1:
+            raise MessageError(source, "dataset.scale", "at most 1 (full size)", self.scale)
         if self.name.startswith("synthetic") and self.ratings is not None:
             raise MessageError(source, "dataset.ratings", "null for a synthetic dataset", self.ratings)
         if self.name == "ml-20mx16x32" and self.ratings is None:

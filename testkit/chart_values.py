@@ -9,6 +9,7 @@ from testkit.k8s_support import CI_VALUES, load_values
 EVERY_TRAINING_VALUE = {
     "dataset": "ml-1m",
     "ratings": "gs://bucket/movielens/ml-1m/ratings.dat",
+    "syntheticScale": 0.25,  # rendered whatever the dataset: DatasetSpec refuses it for ml-1m, not the parser
     "epochs": 17,
     "batchSize": 1048576,  # large: Helm reads numbers as float64; must not print 1.048576e+06
     "evalBatchSize": 160000,
@@ -40,6 +41,7 @@ EVERY_TRAINING_VALUE = {
 EVERY_TRAINING_FLAG = {
     "--dataset": "ml-1m",
     "--ratings": "gs://bucket/movielens/ml-1m/ratings.dat",
+    "--synthetic-scale": "0.25",
     "--epochs": "17",
     "--batch-size": "1048576",
     "--eval-batch-size": "160000",

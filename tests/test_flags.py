@@ -7,7 +7,7 @@ import pytest
 from generator.__main__ import parse_args as parse_generator_args
 from generator.__main__ import parser as generator_parser
 from generator.config import Options as GeneratorOptions
-from protocol import flags
+from protocol import MessageError, flags
 from runstatus.__main__ import parse_args as parse_status_args
 from trainer.child import generator_args
 from trainer.config import parse_args as parse_trainer_args
@@ -27,6 +27,7 @@ def options(parser) -> set[str]:
     (parse_trainer_args, [*TRAINER, "--l2", "-1"], "ncf-trainer: --l2: expected a non-negative number, got -1"),
     (parse_trainer_args, [*TRAINER, "--target-hr", "1.5"], "ncf-trainer: --target-hr: expected a number in (0, 1], got 1.5"),
     (parse_trainer_args, [*TRAINER, "--layers", "64,0"], "ncf-trainer: --layers: expected a positive integer, got 0"),
+    (parse_trainer_args, [*TRAINER, "--synthetic-scale", "0"], "ncf-trainer: --synthetic-scale: expected a number in [0.0001, 1], got 0"),
     (parse_trainer_args, [*TRAINER, "--export", "first"], "ncf-trainer: --export: invalid choice: 'first' (choose from 'best', 'last')"),
     (parse_trainer_args, ["--dataset", "ml-100k"], "ncf-trainer: the following arguments are required: --data-dir"),
     (parse_status_args, ["DIR", "--watch", "0"], "ncf-status: --watch: expected a positive number, got 0"),
@@ -82,3 +83,10 @@ def test_spawn_generator_leaves_unset_generator_flags_to_the_generator():
     args = generator_args(parse_trainer_args(TRAINER))
     assert not any(a in args for a in ("--workers", "--cache-dir", "--part-examples", "--upload-concurrency"))
     assert parse_generator_args(args) == parse_generator_args(["--data-dir", "gs://b/run"])
+
+
+def test_synthetic_scale_reaches_command_json_for_synthetic_20mx16x32_alone():
+    config = parse_trainer_args(["--data-dir", "d", "--dataset", "synthetic-20mx16x32", "--synthetic-scale", "0.001"])
+    assert config.command("r").dataset.scale == 0.001
+    with pytest.raises(MessageError, match="dataset.scale.*only synthetic-20mx16x32 has a scale"):
+        parse_trainer_args([*TRAINER, "--synthetic-scale", "0.5"]).command("r")

@@ -1,6 +1,7 @@
 """The large-set path end to end at reduced scale, as separate real processes: ml-20mx16x32
 shards written in the published format, two `ncf-generator --shard I --shards 2` pods, an
-`ncf-trainer --slices 4`, then `ncf-recommend` on the set's raw user ids."""
+`ncf-trainer --slices 4`, then `ncf-recommend` on the set's raw user ids; and
+synthetic-20mx16x32 at a scale given on the command line, with --spawn-generator."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 
 import pytest
 
-from protocol import Ready, Result, RunDir, storage
+from protocol import Command, DatasetMeta, Ready, Result, RunDir, storage
 from testkit.builders import read_status
 from testkit.jobs import generator, trainer
 from testkit.movielens1b import write_shards
@@ -52,3 +53,18 @@ def test_ml_20mx16x32_from_two_generator_pods_to_recommendations_on_raw_ids(run_
     unknown = recommend(run.model, hole, cli_env)
     assert unknown.returncode == 2
     assert f"user {hole} is not in the model's training data" in unknown.stderr
+
+
+def test_synthetic_20mx16x32_at_a_scale_from_the_command_line(tmp_path, cli_env):
+    run_url = str(tmp_path / "run")
+    job = trainer(run_url, tmp_path, cli_env, "--dataset", "synthetic-20mx16x32", "--synthetic-scale", "0.001",
+                  "--spawn-generator", *SMALL_MODEL, epochs=1)
+    assert job.wait(300) == 0, job.log[-3000:]
+    run = RunDir(run_url)
+    assert storage.read_message(run.command, Command).dataset.scale == 0.001
+    meta = storage.read_message(run.meta, DatasetMeta)
+    assert (meta.num_users, meta.num_items) == (round(2_197_225 * 0.001), round(855_776 * 0.001))
+    assert storage.read_message(run.result, Result).epochs_trained == 1
+    served = recommend(run.model, meta.num_users - 1, cli_env)
+    assert served.returncode == 0, served.stderr
+    assert len(served.stdout.splitlines()) == 6  # the header and five items

@@ -166,3 +166,14 @@ def test_id_maps_of_a_large_set_list_users_alone():
     assert (read.items, read.train, read.users.num_examples) == (None, None, 3)
     with pytest.raises(MessageError, match=r"users.num_examples.*expected 4"):
         IdMaps(run_id="r", num_users=4, num_items=5, num_train=9, users=_part("users", 3))
+
+
+def test_only_synthetic_20mx16x32_has_a_scale_within_its_bounds():
+    spec = DatasetSpec(name="synthetic-20mx16x32", scale=0.001)
+    assert DatasetSpec.from_json(spec.to_json()) == spec
+    assert DatasetSpec.from_json('{"name": "synthetic-20mx16x32", "ratings": null}').scale is None  # older files
+    for name, scale, expected in (("ml-100k", 0.5, "'dataset.scale': expected null: only synthetic-20mx16x32"),
+                                  ("synthetic-20mx16x32", 2.0, "'dataset.scale': expected at most 1"),
+                                  ("synthetic-20mx16x32", 1e-6, "'scale': expected a number >= 0.0001")):
+        with pytest.raises(MessageError, match=expected):
+            DatasetSpec(name=name, scale=scale)

@@ -38,7 +38,7 @@ from protocol.cli import NON_NEGATIVE, POSITIVE, Bounds, Parser
 from protocol.defaults import (HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, PERMISSION_WAIT_HELP, PERMISSION_WAIT_S,
                                START_TIMEOUT_S, default_slices)
 from protocol.flags import flag
-from protocol.messages import DATASETS, DatasetName, EvalMode, ExportMode
+from protocol.messages import DATASETS, SYNTHETIC_SCALE_MIN, DatasetName, EvalMode, ExportMode
 
 from .strategy import Accelerator
 
@@ -98,6 +98,10 @@ class Config:
     ratings: str | None = flag(None, help="the MovieLens ratings file, local or gs:// (MovieLens may not be "
                                           "redistributed)", default_text="downloaded from GroupLens, checksum-checked",
                                chart="training.ratings")
+    synthetic_scale: float | None = flag(None, help="synthetic-20mx16x32 only: its users and items times this, "
+                                                    "e.g. 0.001 for a laptop (dataset.scale in command.json)",
+                                         bounds=Bounds(SYNTHETIC_SCALE_MIN, 1), default_text="1, full size",
+                                         chart="training.syntheticScale")
     # Preset flags: None here, the dataset's value filled in by parse_args.
     epochs: int = flag(None, help="passes over the training data", bounds=POSITIVE, default_text=PRESET,
                        chart="training.epochs")
@@ -184,7 +188,8 @@ class Config:
 
     def command(self, run_id: str) -> Command:
         """The command.json these flags ask the generator for."""
-        return Command(run_id=run_id, dataset=DatasetSpec(name=self.dataset, ratings=self.ratings),
+        dataset = DatasetSpec(name=self.dataset, ratings=self.ratings, scale=self.synthetic_scale)
+        return Command(run_id=run_id, dataset=dataset,
                        epochs=self.epochs, num_neg=self.num_neg, train_batch_size=self.batch_size,
                        eval_negatives=self.eval_negatives, eval_mode=self.eval_mode, seed=self.seed,
                        buffer_epochs=self.buffer_epochs, slices=self.slices or default_slices(self.dataset))

@@ -16,6 +16,7 @@ Each row: flag, its value under the component's values, kind (see "ncf-tandem.fl
 {{- define "ncf-tandem.trainer.flagTable" }}
 - [--dataset, training.dataset, string]
 - [--ratings, training.ratings, string]
+- [--synthetic-scale, training.syntheticScale, number]
 - [--epochs, training.epochs, int]
 - [--batch-size, training.batchSize, int]
 - [--eval-batch-size, training.evalBatchSize, int]
