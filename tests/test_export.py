@@ -304,6 +304,7 @@ def test_id_maps_are_published_and_cached(tmp_path, ml100k, caplog):
     from generator.ratings import parse
     from trainer.serving import read_ids
 
+    caplog.set_level("INFO")  # the cache's INFO line is asserted below, whatever ran before this test
     spec = DatasetSpec(name="ml-100k", ratings=str(ml100k))
     cache_dir = str(tmp_path / "cache")
     first = prepare(spec, cache_dir)
