@@ -85,6 +85,14 @@ def test_spawn_generator_leaves_unset_generator_flags_to_the_generator():
     assert parse_generator_args(args) == parse_generator_args(["--data-dir", "gs://b/run"])
 
 
+def test_a_spawned_generator_is_the_only_pod_even_in_an_indexed_job(monkeypatch):
+    # A trainer pod of an Indexed Job has JOB_COMPLETION_INDEX, which its child inherits: the
+    # child must not take it for its --shard (pod 3 of 1 would refuse to start).
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
+    options = parse_generator_args(generator_args(parse_trainer_args(TRAINER)))
+    assert (options.shard, options.shards) == (0, 1)
+
+
 def test_synthetic_scale_reaches_command_json_for_synthetic_20mx16x32_alone():
     config = parse_trainer_args(["--data-dir", "d", "--dataset", "synthetic-20mx16x32", "--synthetic-scale", "0.001"])
     assert config.command("r").dataset.scale == 0.001

@@ -36,8 +36,9 @@ def spawn_generator(config: Config) -> subprocess.Popen:
 
 def generator_args(config: Config) -> list[str]:
     """The generator's flags from the trainer's: the ones both have (--data-dir, the timeouts),
-    and every --generator-NAME given as --NAME."""
-    args = []
+    every --generator-NAME given as --NAME, and --shard 0 --shards 1: the child is the run's
+    only pod, even where the trainer runs in an Indexed Job whose JOB_COMPLETION_INDEX it inherits."""
+    args = ["--shard=0", "--shards=1"]
     for row in generator_rows():
         name = row.name.removeprefix(GENERATOR_PREFIX)
         value = config.generator.get(name) if row.name.startswith(GENERATOR_PREFIX) else getattr(config, name)
