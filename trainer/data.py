@@ -209,7 +209,12 @@ def blocks(user: np.ndarray, item: np.ndarray, label: np.ndarray, batch_size: in
                        for c, dtype in ((user, id_dtype), (item, id_dtype), (label, None)))
             part = tf.data.Dataset.from_tensor_slices(((u, i), y))
             dataset = part if dataset is None else dataset.concatenate(part)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    # tf.data's default graph rewrites find nothing to fuse here, yet applying them serializes the
+    # pipeline, a copy of the whole epoch's tensors each time an iterator is made: a third of a
+    # warm epoch's time, and in a fresh process its page faults (bench/input_pipeline.py).
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 # TensorFlow uses memory it did not allocate only if it is aligned for Eigen (64 bytes with AVX-512).
