@@ -109,65 +109,88 @@ def figures(seconds: float, read_s: float, n: int, raw_s: float) -> dict:
             "ratio_to_raw": round(raw_s / seconds, 3)}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--examples", type=int, default=10_000_000)
     p.add_argument("--parts", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-sizes", default="65536,2048")
     p.add_argument("--cold-run", metavar="RUN_DIR", help=argparse.SUPPRESS)  # the subprocess of `cold`
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def cold_run(folder: str, batch_size: int) -> None:
+    """The subprocess of `cold`: startup, then the first epoch, as one JSON line."""
+    run, consume = RunDir(folder), consumer()
+    startup_s = startup(run, consume)
+    seconds, read_s = pipeline(run, batch_size, consume)
+    print(json.dumps({"seconds": seconds, "read_verify_s": read_s, "startup_s": startup_s}))
+
+
+def raw_read(folder: str, infos: list[parts.PartInfo], repeats: int) -> float:
+    """Seconds to read the epoch's files raw, best of `repeats` after one that warms the page cache."""
+    def once() -> float:
+        began = time.perf_counter()
+        for info in infos:
+            with open(os.path.join(folder, info.name), "rb") as f:
+                f.read()
+        return time.perf_counter() - began
+
+    once()
+    return min(once() for _ in range(repeats))
+
+
+def measure_batch(run: RunDir, batch_size: int, n: int, raw_s: float, consume, repeats: int) -> tuple[dict, dict]:
+    """(cold, warm) figures at one batch size: cold in fresh processes, warm here."""
+    first = cold(run.url, batch_size, repeats)
+    cold_figures = figures(first["seconds"], first["read_verify_s"], n, raw_s) | {
+        "startup_s": round(first["startup_s"], 4),
+        "with_startup_examples_per_s": round(n / (first["startup_s"] + first["seconds"]))}
+    pipeline(run, batch_size, consume)  # warm-up (tf.data graph building)
+    best, read_s = min(pipeline(run, batch_size, consume) for _ in range(repeats))
+    print(f"batch {batch_size}: startup {first['startup_s']:.3f} s, then cold {first['seconds']:.3f} s = "
+          f"{n / first['seconds'] / 1e6:.1f}M examples/s; "
+          f"warm {best:.3f} s ({read_s:.3f} s read+verify) = {n / best / 1e6:.1f}M examples/s, "
+          f"{raw_s / best:.2f} x raw read speed", flush=True)
+    return cold_figures, figures(best, read_s, n, raw_s)
+
+
+def summarize(result: dict, batch_sizes: list[int], tf_version: str) -> dict:
+    from trainer.config import Config
+
+    warm = [result[f"batch_{b}"] for b in batch_sizes]
+    cold_runs = [result[f"cold_batch_{b}"] for b in batch_sizes]
+    result["examples_per_s"] = min(f["examples_per_s"] for f in warm)
+    result["ratio_to_raw"] = min(f["ratio_to_raw"] for f in warm)
+    result["cold_examples_per_s"] = min(f["examples_per_s"] for f in cold_runs)
+    result["cold_to_warm"] = round(result["cold_examples_per_s"] / result["examples_per_s"], 3)
+    result["cold_startup_s"] = max(f["startup_s"] for f in cold_runs)
+    return result | {"steps_per_block": Config.steps_per_execution, "target_examples_per_s": WARM_TARGET,
+                     "cold_target_examples_per_s": COLD_TARGET, "cpus": os.cpu_count(), "tensorflow": tf_version}
+
+
+def main() -> None:
+    args = parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from trainer.config import Config
-
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.cold_run:
-        run, consume = RunDir(args.cold_run), consumer()
-        startup_s = startup(run, consume)
-        seconds, read_s = pipeline(run, batch_sizes[0], consume)
-        print(json.dumps({"seconds": seconds, "read_verify_s": read_s, "startup_s": startup_s}))
+        cold_run(args.cold_run, batch_sizes[0])
         return
     with tempfile.TemporaryDirectory(prefix="ncf-bench-") as tmp:
         run, n = RunDir(tmp), args.examples
         infos = write_epoch(run, n, args.parts)
-        folder = run.epoch_dir(0)
-
-        def raw() -> float:
-            began = time.perf_counter()
-            for info in infos:
-                with open(os.path.join(folder, info.name), "rb") as f:
-                    f.read()
-            return time.perf_counter() - began
-
-        raw()  # warm the page cache
-        raw_s = min(raw() for _ in range(args.repeats))
+        raw_s = raw_read(run.epoch_dir(0), infos, args.repeats)
         result = {"examples": n, "bytes": sum(i.size for i in infos), "raw_read_s": round(raw_s, 4),
                   "raw_examples_per_s": round(n / raw_s)}
         print(f"raw read: {result['bytes'] / 1e6:.0f} MB in {raw_s:.3f} s = {n / raw_s / 1e6:.0f}M examples/s",
               flush=True)
         consume = consumer()
         for batch_size in batch_sizes:
-            first = cold(tmp, batch_size, args.repeats)
-            result[f"cold_batch_{batch_size}"] = figures(first["seconds"], first["read_verify_s"], n, raw_s) | {
-                "startup_s": round(first["startup_s"], 4),
-                "with_startup_examples_per_s": round(n / (first["startup_s"] + first["seconds"]))}
-            pipeline(run, batch_size, consume)  # warm-up (tf.data graph building)
-            best, read_s = min(pipeline(run, batch_size, consume) for _ in range(args.repeats))
-            result[f"batch_{batch_size}"] = figures(best, read_s, n, raw_s)
-            print(f"batch {batch_size}: startup {first['startup_s']:.3f} s, then cold {first['seconds']:.3f} s = "
-                  f"{n / first['seconds'] / 1e6:.1f}M examples/s; "
-                  f"warm {best:.3f} s ({read_s:.3f} s read+verify) = {n / best / 1e6:.1f}M examples/s, "
-                  f"{raw_s / best:.2f} x raw read speed", flush=True)
-        warm = [result[f"batch_{b}"] for b in batch_sizes]
-        result["examples_per_s"] = min(f["examples_per_s"] for f in warm)
-        result["ratio_to_raw"] = min(f["ratio_to_raw"] for f in warm)
-        result["cold_examples_per_s"] = min(result[f"cold_batch_{b}"]["examples_per_s"] for b in batch_sizes)
-        result["cold_to_warm"] = round(result["cold_examples_per_s"] / result["examples_per_s"], 3)
-        result["cold_startup_s"] = max(result[f"cold_batch_{b}"]["startup_s"] for b in batch_sizes)
-        result |= {"steps_per_block": Config.steps_per_execution, "target_examples_per_s": WARM_TARGET,
-                   "cold_target_examples_per_s": COLD_TARGET, "cpus": os.cpu_count(), "tensorflow": tf.__version__}
+            result[f"cold_batch_{batch_size}"], result[f"batch_{batch_size}"] = measure_batch(
+                run, batch_size, n, raw_s, consume, args.repeats)
+        result = summarize(result, batch_sizes, tf.__version__)
     print(json.dumps(result))
 
 

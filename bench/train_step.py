@@ -26,6 +26,22 @@ NUM_USERS, NUM_ITEMS, MF_DIM, LAYERS = 138_493, 26_744, 64, [256, 256, 128, 64]
 MAX_EXAMPLES = 1 << 27
 
 
+def time_epoch(train_epoch, dataset, block: int, batch_size: int, seconds: float) -> tuple[int, float, float]:
+    """(steps, seconds, warm-up seconds) of one timed run of about `seconds`, after the compiling one."""
+    began = time.perf_counter()
+    train_epoch(dataset(block))  # compile + warm-up
+    warmup_s = time.perf_counter() - began
+    # Size the timed run from one more short measurement, to last about `seconds`.
+    began = time.perf_counter()
+    train_epoch(dataset(block))
+    per_step = (time.perf_counter() - began) / block
+    steps = max(block, min(int(seconds / per_step), MAX_EXAMPLES // batch_size) // block * block)
+    ds = dataset(steps)
+    began = time.perf_counter()
+    train_epoch(ds)
+    return steps, time.perf_counter() - began, warmup_s
+
+
 def measure(batch_size: int, mixed: bool, xla: bool, seconds: float,
             dims: tuple = (NUM_USERS, NUM_ITEMS, MF_DIM, LAYERS)) -> dict:
     """Examples/s of the trainer's epoch loop on random ids; dims: (users, items, mf_dim, layers)."""
@@ -51,19 +67,7 @@ def measure(batch_size: int, mixed: bool, xla: bool, seconds: float,
                             (rng.random(n) < 0.2).astype(np.uint8), batch_size, block,
                            cast_ids=choice.kind == "tpu")
 
-    began = time.perf_counter()
-    train_epoch(dataset(block))  # compile + warm-up
-    warmup_s = time.perf_counter() - began
-    # Size the timed run from one more short measurement, to last about `seconds`.
-    probe_steps = block
-    began = time.perf_counter()
-    train_epoch(dataset(probe_steps))
-    per_step = (time.perf_counter() - began) / probe_steps
-    steps = max(block, min(int(seconds / per_step), MAX_EXAMPLES // batch_size) // block * block)
-    ds = dataset(steps)
-    began = time.perf_counter()
-    train_epoch(ds)
-    elapsed = time.perf_counter() - began
+    steps, elapsed, warmup_s = time_epoch(train_epoch, dataset, block, batch_size, seconds)
     rate = steps * batch_size / elapsed
     return {"batch_size": batch_size, "hardware": choice.kind, "precision": choice.precision, "xla": xla,
             "steps": steps, "seconds": round(elapsed, 3), "warmup_s": round(warmup_s, 2),
