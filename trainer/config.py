@@ -40,6 +40,7 @@ from protocol.defaults import (HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, PERMISSION_
 from protocol.flags import flag
 from protocol.messages import DATASETS, SYNTHETIC_SCALE_MIN, DatasetName, EvalMode, ExportMode
 
+from .hosts import COORDINATOR_PORT, default_coordinator, default_count, default_index
 from .strategy import Accelerator
 
 MLPERF_ADAM = dict(adam_beta_1=0.9, adam_beta_2=0.999, adam_epsilon=1e-8)  # the MLPerf reference's Adam
@@ -174,6 +175,19 @@ class Config:
                                                              "last one (instead of --checkpoint-every)",
                                                   default_text="by epochs", bounds=POSITIVE,
                                                   chart="training.checkpointEveryMinutes")
+    hosts: int = flag(default_factory=default_count, bounds=POSITIVE, chart="hosts",
+                      default_text="the number of $TPU_WORKER_HOSTNAMES (a GKE TPU slice), else 1",
+                      help="trainer processes that train together, synchronous data parallel (Keras on JAX): "
+                           "one per GPU node or TPU worker; the batch is global, each host takes batch / hosts")
+    host_index: int = flag(default_factory=default_index, bounds=NON_NEGATIVE,
+                           default_text="$JOB_COMPLETION_INDEX (an Indexed Job's pod index), else $TPU_WORKER_ID, "
+                                        "else 0",
+                           not_in_chart="each trainer pod takes its index from JOB_COMPLETION_INDEX or TPU_WORKER_ID",
+                           help="which of the --hosts processes this is; host 0 alone writes to the run directory")
+    coordinator: str | None = flag(default_factory=default_coordinator,
+                                   default_text=f"the first of $TPU_WORKER_HOSTNAMES, port {COORDINATOR_PORT}",
+                                   not_in_chart="the chart wires host 0's stable JobSet hostname (trainer.hosts > 1)",
+                                   help="HOST:PORT where host 0 runs JAX's coordination service (--hosts > 1)")
     # --generator-NAME: the generator's flags this table lacks, passed on by --spawn-generator.
     generator: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -218,6 +232,18 @@ def parser() -> Parser:
                               description="The trainer Job: NeuMF over the generator's epochs.")
 
 
+def check_hosts(p: Parser, values: dict[str, Any]) -> None:
+    """--hosts, --host-index and --coordinator agree, and the global batch splits evenly."""
+    count = values["hosts"]
+    if values["host_index"] >= count:
+        p.error(f"--host-index: expected 0..{count - 1} (--hosts {count}), got {values['host_index']}")
+    if count > 1 and not values["coordinator"]:
+        p.error("--coordinator: expected HOST:PORT of host 0's coordination service with --hosts > 1, got none")
+    if values["batch_size"] % count:
+        p.error(f"--batch-size: expected a multiple of --hosts {count} (the batch is global), "
+                f"got {values['batch_size']}")
+
+
 def parse_args(argv: list[str]) -> Config:
     p = parser()
     values = vars(p.parse_args(argv))
@@ -233,6 +259,7 @@ def parse_args(argv: list[str]) -> Config:
     for name in ("adam_beta_1", "adam_beta_2"):
         if values[name] == 1:  # Adam divides by 1 - beta ** step
             p.error(f"--{name.replace('_', '-')}: expected a number in [0, 1), got 1")
+    check_hosts(p, values)
     if values["ratings"] is not None:
         values["ratings"] = storage.absolute(values["ratings"])
     return Config(**values, generator={k: v for k, v in generator.items() if v is not None})
