@@ -53,9 +53,7 @@ def gcs_bucket(fake_gcs) -> str:
 @pytest.fixture(params=["local", "gcs"])
 def run_url(request, tmp_path) -> str:
     """A fresh run directory, once on local disk and once in an emulated GCS bucket."""
-    if request.param == "local":
-        return str(tmp_path / "run")
-    return request.getfixturevalue("gcs_bucket") + "/runs/test"
+    return emulator.new_run_url(request, tmp_path)
 
 
 @pytest.fixture(scope="session")
