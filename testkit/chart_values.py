@@ -73,6 +73,7 @@ EVERY_TIMEOUT_VALUE = {"start": 5400, "peer": 90.5, "heartbeatInterval": 0.25, "
 EVERY_GENERATOR_VALUE = {"workers": 3, "cacheDir": "gs://b/cache", "partExamples": 100000, "uploadConcurrency": 4,
                          "shards": 3, "timeouts": EVERY_TIMEOUT_VALUE}
 # A value for every flag the chart renders (tests/test_chart_flags.py: a flag without one fails).
+# trainer.hosts is 1 so that both workloads render it: above 1 needs jobset (tests/test_chart_hosts.py).
 EVERY_FLAG_VALUE = {"dataDir": "gs://b/p", "generator": EVERY_GENERATOR_VALUE,
                     "trainer": {"training": EVERY_TRAINING_VALUE, "timeouts": EVERY_TIMEOUT_VALUE,
                                 "accelerator": {"require": "cpu"}, "hosts": 1}}
