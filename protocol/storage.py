@@ -104,23 +104,29 @@ def publish_once(url: str, payload: Payload) -> None:
 
 
 def publish_or_match(url: str, message: M, ours_as: str, ignore: tuple[str, ...] = ()) -> M:
-    """Publishes message create-only, or returns the one already there if it matches in every field
-    but `ignore` (an earlier attempt of this run published it); if not, ForeignRun (exit 2) names
-    each difference (`ours_as`: where our values come from, e.g. "the flags")."""
+    """Publishes message create-only, or returns the one already there if it matches (`matching`:
+    an earlier attempt of this run published it)."""
     try:
         publish_once(url, message)
         return message
     except AlreadyPublished:
         pass  # somebody published first: compare with theirs
-    earlier = read_message(url, type(message))
-    ours, theirs = message.to_dict(), earlier.to_dict()
-    changed = differences(ours, theirs, ignore)
-    if changed:
-        run = getattr(earlier, "run_id", None)
-        raise ForeignRun(f"{url} (run {run})" if run else url,
-                         describe_differences(ours, theirs, changed, ours_as, "the file"))
+    earlier = matching(url, message, ours_as, ignore)
     log.info("%s was already published (by an earlier attempt) and matches", url)
     return earlier
+
+
+def matching(url: str, message: M, ours_as: str, ignore: tuple[str, ...] = ()) -> M:
+    """The message at url if it matches ours in every field but `ignore`; if not, ForeignRun (exit 2)
+    names each difference (`ours_as`: where our values come from, e.g. "the flags")."""
+    theirs_message = read_message(url, type(message))
+    ours, theirs = message.to_dict(), theirs_message.to_dict()
+    changed = differences(ours, theirs, ignore)
+    if changed:
+        run = getattr(theirs_message, "run_id", None)
+        raise ForeignRun(f"{url} (run {run})" if run else url,
+                         describe_differences(ours, theirs, changed, ours_as, "the file"))
+    return theirs_message
 
 
 def overwrite(url: str, payload: Payload) -> None:

@@ -114,8 +114,8 @@ def publish_or_resume(run: RunDir, config: Config) -> Command:
 def follow(run: RunDir, config: Config) -> Command:
     """Host 1, 2, ...: the command.json host 0 publishes, which must match these flags."""
     storage.wait_for(run.command, config.start_timeout, "command.json from trainer host 0")
-    command = storage.publish_or_match(run.command, config.command(new_run_id(config.dataset)), "the flags",
-                                       ignore=("run_id",))
+    command = storage.matching(run.command, config.command(new_run_id(config.dataset)), "the flags",
+                               ignore=("run_id",))
     log.info("trainer host %d follows run %s", config.host_index, command.run_id)
     return command
 
