@@ -109,7 +109,7 @@ def summary(steps: dict, pipeline: dict, e2e: dict, smoke: bool, seconds: float)
             "ratio_to_goal": round(best / GOAL_EXAMPLES_PER_S, 5),
             "input": {"examples": pipeline["examples"], "cold_examples_per_s": pipeline["cold_examples_per_s"],
                       "warm_examples_per_s": pipeline["examples_per_s"], "cold_to_warm": pipeline["cold_to_warm"],
-                      "cpus": pipeline["cpus"]},
+                      "cold_startup_s": pipeline["cold_startup_s"], "cpus": pipeline["cpus"]},
             "end_to_end": e2e, "seconds": round(seconds, 1)}
 
 

@@ -28,6 +28,7 @@ def test_device_bench_smoke_prints_sane_figures():
     assert sorted(figures["speedup_vs_float32"]) == ["mixed", "mixed_xla"]
     pipeline = figures["input"]
     assert pipeline["examples"] == 200_000 and pipeline["cold_examples_per_s"] > 0 and pipeline["warm_examples_per_s"] > 0
+    assert pipeline["cold_startup_s"] > 0, "the fresh process's one-off startup is reported apart"
     assert pipeline["cold_to_warm"] == pytest.approx(pipeline["cold_examples_per_s"] / pipeline["warm_examples_per_s"],
                                                      rel=1e-2)
     e2e = figures["end_to_end"]
