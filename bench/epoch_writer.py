@@ -35,7 +35,8 @@ settled as above: the floor around the time the process ran). It also pays for t
 deleting each epoch (the trainer's share, 0.05-0.2 s of a core per epoch here) on the same
 cores, which the in-process figure and the floor do not.
 
-Also prints examples/s, the peak RSS and the load average before and after; as its last
+Also prints examples/s, the peak RSS and the machine's load before and after (load average,
+CPU pressure: on a shared machine, what the figures were measured under); as its last
 line, one JSON object. The dataset comes from the preprocessing cache (default:
 <tmp>/ncf-bench-cache); on a cold cache it is generated first (about 10 s), which then also
 shows in the peak RSS.
@@ -89,7 +90,7 @@ class Timing:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s", datefmt="%H:%M:%S")
-    load_before = os.getloadavg()[0]
+    load_before = machine_load()
     dataset = prepare(DatasetSpec(name="synthetic-20m"), args.cache_dir)
     scratch = Path(tempfile.mkdtemp(prefix="ncf-bench-", dir=args.dir))
     try:
@@ -99,7 +100,7 @@ def main() -> None:
         cli_floors = [settled(floor, scratch / "floor").seconds for _ in cli_gaps]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    report(args, first, rounds, listing, cli_gaps, cli_floors, (load_before, os.getloadavg()[0]))
+    report(args, first, rounds, listing, cli_gaps, cli_floors, (load_before, machine_load()))
 
 
 def measure_writer(dataset, args, scratch: Path) -> tuple[Timing, list[tuple[Timing, Timing]], list[PartInfo]]:
@@ -142,7 +143,7 @@ def measure_cli(args, run: Path) -> list[float]:
 
 
 def report(args, first: Timing, rounds: list[tuple[Timing, Timing]], listing: list[PartInfo], cli_gaps: list[float],
-           cli_floors: list[float], load: tuple[float, float]) -> None:
+           cli_floors: list[float], load: tuple[dict, dict]) -> None:
     examples = sum(p.num_examples for p in listing)
     times, floors = [o.seconds for o, _ in rounds], [f.seconds for _, f in rounds]
     median = statistics.median
@@ -168,15 +169,14 @@ def report(args, first: Timing, rounds: list[tuple[Timing, Timing]], listing: li
         "cli_examples_per_s": round(examples / cli_seconds),
         "cli_floor_seconds": round(cli_floor, 3),
         "cli_ratio_to_floor": round(cli_seconds / cli_floor, 2),
-        "load_average": [round(x, 2) for x in load],
+        "load": list(load),
     }
     print(f"{examples:,} examples per epoch with {args.workers} workers; first epoch {first.seconds:.2f} s; "
           f"rounds (epoch/floor, s): {', '.join(f'{o.seconds:.2f}/{f.seconds:.2f}' for o, f in rounds)}")
     print(f"median {examples / median(times) / 1e6:.1f} M examples/s, {result['ratio_to_floor']}x the floor "
           f"(best over best {result['best_ratio']}x, CPU time {result['cpu_ratio']}x); peak RSS {peak_rss_mb:.0f} MB; "
           f"lone ncf-generator: gaps {', '.join(f'{g:.2f}' for g in cli_gaps)} s, floors after it "
-          f"{', '.join(f'{f:.2f}' for f in cli_floors)} s: {result['cli_ratio_to_floor']}x; load average "
-          f"{load[0]:.2f} then {load[1]:.2f}")
+          f"{', '.join(f'{f:.2f}' for f in cli_floors)} s: {result['cli_ratio_to_floor']}x; load {load[0]} then {load[1]}")
     print(json.dumps(result))
 
 
@@ -215,6 +215,18 @@ def floor_like(listing: list[PartInfo], num_items: int, folder: Path) -> Callabl
 def measure_floor(examples: int, num_items: int, sizes: list[int], folder: Path) -> float:
     """Seconds of the floor's work, settled (then deleted)."""
     return settled(floor_work(examples, num_items, sizes, folder), folder).seconds
+
+
+def machine_load() -> dict:
+    """How busy the shared machine is: the 1-minute load average and, where the kernel has PSI,
+    the share of the last 10 s in which some task waited for a CPU (%)."""
+    load = {"load_average": round(os.getloadavg()[0], 2)}
+    try:
+        with open("/proc/pressure/cpu") as f:
+            load["cpu_pressure"] = float(f.readline().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return load
 
 
 def _cpu_seconds() -> float:
