@@ -382,7 +382,10 @@ class EpochMetrics(Message):
     # Seconds the loop waited for the previous checkpoint's upload before this epoch's
     # checkpoint could start (0 when uploads keep up); added later, so optional.
     checkpoint_wait_s: float = at_least(0.0, default=0.0)
-    optional_fields: ClassVar[tuple[str, ...]] = ("checkpoint_wait_s",)
+    # Examples of the epoch not trained: with several trainer hosts, what is left after the
+    # last step every host can take in full (trainer/multihost.py); added later, so optional.
+    dropped_examples: int = at_least(0, default=0)
+    optional_fields: ClassVar[tuple[str, ...]] = ("checkpoint_wait_s", "dropped_examples")
 
     def to_line(self) -> bytes:
         return (json.dumps(self.to_dict(), sort_keys=True) + "\n").encode()

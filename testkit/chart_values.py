@@ -73,9 +73,10 @@ EVERY_TIMEOUT_VALUE = {"start": 5400, "peer": 90.5, "heartbeatInterval": 0.25, "
 EVERY_GENERATOR_VALUE = {"workers": 3, "cacheDir": "gs://b/cache", "partExamples": 100000, "uploadConcurrency": 4,
                          "shards": 3, "timeouts": EVERY_TIMEOUT_VALUE}
 # A value for every flag the chart renders (tests/test_chart_flags.py: a flag without one fails).
+# trainer.hosts is 1 so that both workloads render it: above 1 needs jobset (tests/test_chart_hosts.py).
 EVERY_FLAG_VALUE = {"dataDir": "gs://b/p", "generator": EVERY_GENERATOR_VALUE,
                     "trainer": {"training": EVERY_TRAINING_VALUE, "timeouts": EVERY_TIMEOUT_VALUE,
-                                "accelerator": {"require": "cpu"}}}
+                                "accelerator": {"require": "cpu"}, "hosts": 1}}
 # Every flag ncf-generator knows, from its own parser.
 GENERATOR_FLAGS = {option for action in generator_parser()._actions for option in action.option_strings} - {"-h", "--help"}
 
@@ -142,6 +143,22 @@ EDGE_CASES = {
         "trainer": {"accelerator": {"preset": "tpu"}, "timeouts": {"start": 0.5, "peer": 90.25, "heartbeatInterval": 1e-3}},
     },
 }
+
+
+def multi_host(values: dict) -> bool:
+    """Whether several trainer pods train together (trainer.hosts > 1)."""
+    return (values.get("trainer", {}).get("hosts") or 1) > 1
+
+
+def workloads(values: dict) -> list[str]:
+    """The workloads a value set renders under: a multi-host trainer needs jobset, and the
+    schema refuses it under jobs."""
+    return ["jobset"] if multi_host(values) else ["jobs", "jobset"]
+
+
+def with_workloads(value_sets: list[tuple[str, dict]]) -> list[tuple[str, dict, str]]:
+    """(name, values, workload) for each value set under each workload it renders under."""
+    return [(name, values, workload) for name, values in value_sets for workload in workloads(values)]
 
 
 def all_value_sets() -> list[tuple[str, dict]]:

@@ -65,3 +65,11 @@ def make_bucket(url: str, name: str | None = None) -> str:
                                      headers={"Content-Type": "application/json"}, method="POST")
     urllib.request.urlopen(request, timeout=10).read()
     return name
+
+
+def new_run_url(request, folder: Path) -> str:
+    """A fresh run directory on the backend of a fixture parametrized ["local", "gcs"] (any
+    scope): under folder, or in a new bucket on the session's emulator (the fake_gcs fixture)."""
+    if request.param == "local":
+        return str(folder / "run")
+    return f"gs://{make_bucket(request.getfixturevalue('fake_gcs'))}/runs/test"

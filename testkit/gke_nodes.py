@@ -24,6 +24,7 @@ MACHINES = {
     "g2-standard-4": (4, 16),  # one L4
     "g2-standard-8": (8, 32),  # one L4
     "a2-ultragpu-1g": (12, 170),  # one A100 80GB
+    "a3-highgpu-8g": (208, 1872),  # eight H100 80GB
     "ct5lp-hightpu-1t": (24, 48),  # TPU v5e, 1 chip
     "ct5lp-hightpu-4t": (112, 192),  # TPU v5e, 4 chips
 }

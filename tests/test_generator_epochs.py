@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from testkit.builders import publish_command
+from testkit.emulator import new_run_url
 from testkit.generator_support import make_command, part_bytes, read_columns, read_ready, read_status
 
 from generator import sampling
@@ -29,8 +30,10 @@ def generate(run_url: str, command, workers: int = 1, part_examples: int = 100_0
                 upload_concurrency=upload_concurrency))
 
 
-@pytest.fixture
-def ml100k_run(run_url, ml100k) -> str:
+@pytest.fixture(scope="module", params=["local", "gcs"])
+def ml100k_run(request, tmp_path_factory, ml100k) -> str:
+    """One finished ml-100k run per backend for the module: the tests only read it."""
+    run_url = new_run_url(request, tmp_path_factory.mktemp("ml100k"))
     generate(run_url, make_command("ml-100k", str(ml100k), epochs=2, eval_mode="mlperf", eval_negatives=999))
     return run_url
 

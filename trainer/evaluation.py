@@ -40,18 +40,24 @@ def metrics(rank: np.ndarray, k: int = TOP_K) -> tuple[float, float]:
 
 def evaluate(score: Callable[[np.ndarray, np.ndarray], np.ndarray], users: np.ndarray, items: np.ndarray,
              mask: np.ndarray, batch_candidates: int) -> tuple[float, float]:
-    """Scores every candidate, a block of whole users at a time, and returns (HR@10, NDCG@10).
+    """(HR@10, NDCG@10) of every user (see all_ranks)."""
+    return metrics(all_ranks(score, users, items, mask, batch_candidates))
+
+
+def all_ranks(score: Callable[[np.ndarray, np.ndarray], np.ndarray], users: np.ndarray, items: np.ndarray,
+              mask: np.ndarray, batch_candidates: int) -> np.ndarray:
+    """Scores every candidate, a block of whole users at a time, and returns each user's rank.
 
     score(user_ids [n], item_ids [n]) -> logits [n] (or [n, 1]). Memory is bounded by
     batch_candidates scores, not by users x candidates.
     """
     num_users, width = items.shape
     block = max(1, batch_candidates // width)
-    all_ranks = np.empty(num_users, dtype=np.int64)
+    out = np.empty(num_users, dtype=np.int64)
     for start in range(0, num_users, block):
         stop = min(start + block, num_users)
         block_items = items[start:stop]
         block_users = np.repeat(users[start:stop], width)
         logits = np.asarray(score(block_users, block_items.reshape(-1))).reshape(stop - start, width)
-        all_ranks[start:stop] = ranks(logits, mask[start:stop])
-    return metrics(all_ranks)
+        out[start:stop] = ranks(logits, mask[start:stop])
+    return out

@@ -11,7 +11,15 @@ JOB_COMPLETION_INDEX, and on a multi-host TPU slice TPU_WORKER_ID and TPU_WORKER
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import socket
+import time
+
+from protocol.errors import InvalidInput, PeerError
+
+log = logging.getLogger("ncf.trainer")
 
 COORDINATOR_PORT = 8476  # JAX's customary coordinator port (jax.distributed's own examples)
 
@@ -40,3 +48,91 @@ def share(size: int, index: int, count: int) -> tuple[int, int]:
     """Host `index`'s contiguous range [start, stop) of `size` things: the hosts' ranges
     cover them in order and differ in length by at most one."""
     return size * index // count, size * (index + 1) // count
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidInput(f"--coordinator: expected HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def join(count: int, index: int, coordinator: str, timeout: float) -> None:
+    """Every host checks in with host 0 at the coordinator's address before JAX starts there:
+    JAX aborts the process (no exception, no names) when a host never registers, while this
+    says which hosts are missing, as a PeerError (exit 3) on every host that did join.
+    Host 0 answers once all have joined, then frees the port for JAX's coordination service."""
+    address = split_address(coordinator)
+    deadline = time.monotonic() + timeout
+    if index == 0:
+        _gather(count, address[1], deadline, coordinator, timeout)
+    else:
+        _check_in(count, index, address, deadline, coordinator, timeout)
+    log.info("trainer host %d of %d: all %d hosts joined at %s", index, count, count, coordinator)
+
+
+def _gather(count: int, port: int, deadline: float, coordinator: str, timeout: float) -> None:
+    joined: dict[int, socket.socket] = {}
+    dual = socket.has_dualstack_ipv6()  # IPv4-only pods have no AF_INET6
+    with socket.create_server(("", port), family=socket.AF_INET6 if dual else socket.AF_INET, dualstack_ipv6=dual) as server:
+        while len(joined) < count - 1 and time.monotonic() < deadline:
+            server.settimeout(max(0.01, min(1.0, deadline - time.monotonic())))
+            try:
+                peer, _ = server.accept()
+            except TimeoutError:
+                continue
+            peer.settimeout(5)
+            hello = _read_line(peer).split()
+            if len(hello) == 3 and hello[0] == HELLO and hello[2] == str(count) and hello[1].isdigit():
+                joined[int(hello[1])] = peer
+            else:  # a host started with other --hosts, or a stranger on the port
+                peer.sendall(f"{REFUSED} expected '{HELLO} <index> {count}', got {' '.join(hello)!r}\n".encode())
+                peer.close()
+    missing = sorted(set(range(1, count)) - set(joined))
+    reply = f"{GO}\n" if not missing else f"{MISSING} {','.join(map(str, missing))}\n"
+    for peer in joined.values():
+        with contextlib.suppress(OSError):
+            peer.sendall(reply.encode())
+        peer.close()
+    if missing:
+        raise PeerError(f"trainer host(s) {_names(missing)} of {count} never joined host 0 at {coordinator} "
+                        f"within --start-timeout {timeout:g} s")
+
+
+def _check_in(count: int, index: int, address: tuple[str, int], deadline: float, coordinator: str,
+              timeout: float) -> None:
+    while True:
+        try:
+            with socket.create_connection(address, timeout=max(0.01, deadline - time.monotonic())) as host0:
+                host0.sendall(f"{HELLO} {index} {count}\n".encode())
+                host0.settimeout(max(0.01, deadline - time.monotonic()) + 5)  # host 0 answers at its deadline
+                answer = _read_line(host0)
+            break
+        except OSError:  # not listening yet (DNS or the pod still starting), or reset
+            if time.monotonic() >= deadline:
+                raise PeerError(f"trainer host 0 did not answer at {coordinator} within --start-timeout "
+                                f"{timeout:g} s (this is host {index} of {count})") from None
+            time.sleep(0.5)
+    word, _, rest = answer.partition(" ")
+    if word == MISSING:
+        raise PeerError(f"trainer host(s) {_names(rest.split(','))} of {count} never joined host 0 at "
+                        f"{coordinator} within --start-timeout {timeout:g} s")
+    if word != GO:
+        raise PeerError(f"trainer host 0 at {coordinator} refused host {index}: {rest or answer!r}")
+
+
+def _read_line(peer: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n") and len(data) < 1024:
+        chunk = peer.recv(1024)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def _names(indices) -> str:
+    return ", ".join(str(i) for i in indices)
+
+
+HELLO, GO, MISSING, REFUSED = "ncf-trainer-host", "go", "missing", "refused"

@@ -56,14 +56,16 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def compile_neumf(model: keras.Model, learning_rate: float, xla: bool = False, adam: dict | None = None,
-                  warmup_steps: int = 0) -> keras.Model:
+                  warmup_steps: int = 0, steps_per_execution: int = 1) -> keras.Model:
     """Adam (MLPerf's beta_1, beta_2, epsilon unless `adam` gives others) and sigmoid
-    cross-entropy on the logit (in the strategy's scope). warmup_steps > 0: LinearWarmup."""
+    cross-entropy on the logit (in the strategy's scope). warmup_steps > 0: LinearWarmup.
+    steps_per_execution: batches per compiled call of model.fit (the JAX path's loop)."""
     settings = {**MLPERF_ADAM, **(adam or {})}
     rate = LinearWarmup(learning_rate, warmup_steps) if warmup_steps else learning_rate
     optimizer = keras.optimizers.Adam(rate, beta_1=settings["adam_beta_1"], beta_2=settings["adam_beta_2"],
                                       epsilon=settings["adam_epsilon"])
-    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=xla)
+    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=xla,
+                  steps_per_execution=steps_per_execution)
     return model
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import google_crc32c
 import numpy as np
 
 from protocol import (AlreadyPublished, Command, DatasetMeta, EpochMetrics, InvalidInput, PeerError, Result, RunDir,
@@ -43,7 +44,7 @@ from protocol.peer import Heartbeat
 from protocol.runfiles import epoch_numbers, write_metrics
 from protocol.shards import GeneratorWatch
 
-from . import checkpoint, data, evaluation, export, serving, strategy, tensorboard
+from . import checkpoint, data, evaluation, export, multihost, serving, strategy, tensorboard
 from .best import BestWeights
 from .child import check_alive, spawn_generator, stop_child
 from .config import Config, parse_args
@@ -53,13 +54,22 @@ log = logging.getLogger("ncf.trainer")
 
 def main(argv: list[str]) -> None:
     config = parse_args(argv)
-    # Before anything touches the bucket: an accelerator asked for and missing is exit 2 at once.
-    hardware = strategy.detect(config.accelerator)
-    strategy.require(config.accelerator, hardware)
+    # Before anything touches the bucket: an accelerator asked for and missing is exit 2 at
+    # once, and with several hosts every one has joined (trainer/multihost.py).
+    if config.hosts > 1:
+        multihost.start(config)
+        hardware = None
+    else:
+        hardware = strategy.detect(config.accelerator)
+        strategy.require(config.accelerator, hardware)
     run = RunDir(config.data_dir)
     # Polls treat bucket errors as no news for --peer-timeout; a 403 on the first writes is
     # waited out for --permission-wait.
     storage.configure(poll=config.peer_timeout, permission=config.permission_wait)
+    if not writes_run(config):
+        command = follow(run, config)
+        train(config, run, command, Silent(), None, hardware)
+        return
     storage.ensure_writable(run.url)
     command = publish_or_resume(run, config)
     child = spawn_generator(config) if config.spawn_generator else None
@@ -69,6 +79,19 @@ def main(argv: list[str]) -> None:
             train(config, run, command, heartbeat, child, hardware)
     finally:
         stop_child(child)
+
+
+def writes_run(config: Config) -> bool:
+    """Host 0 alone writes to the run directory (command.json, status, metrics, checkpoints,
+    the export, result.json); the other hosts train and read."""
+    return config.host_index == 0
+
+
+class Silent:
+    """The heartbeat of a host that writes no status (every host but 0)."""
+
+    def update(self, **_) -> None:
+        pass
 
 
 # ----------------------------------------------------------------------------- command.json
@@ -85,6 +108,15 @@ def publish_or_resume(run: RunDir, config: Config) -> Command:
         log.info("published %s: run %s", run.command, command.run_id)
     else:
         log.info("resuming run %s (command.json matches the flags)", command.run_id)
+    return command
+
+
+def follow(run: RunDir, config: Config) -> Command:
+    """Host 1, 2, ...: the command.json host 0 publishes, which must match these flags."""
+    storage.wait_for(run.command, config.start_timeout, "command.json from trainer host 0")
+    command = storage.publish_or_match(run.command, config.command(new_run_id(config.dataset)), "the flags",
+                                       ignore=("run_id",))
+    log.info("trainer host %d follows run %s", config.host_index, command.run_id)
     return command
 
 
@@ -122,12 +154,11 @@ class Waits:
 
 @dataclass(frozen=True)
 class Network:
-    """NeuMF built under the hardware's strategy, with its compiled epoch and scorer."""
+    """NeuMF built under the hardware's strategy (or on every host), with its compiled epoch and evaluation."""
 
     model: Any
-    score: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (users, items) -> logits
-    train_epoch: Callable[[Any], float]  # (blocks) -> mean loss
-    cast_ids: bool  # a TPU takes int32 ids
+    train_epoch: Callable[[data.Epoch], tuple[float, int]]  # -> mean loss, examples trained (all hosts)
+    evaluate: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, float]]  # eval data -> HR@10, NDCG@10
 
 
 @dataclass
@@ -141,8 +172,8 @@ class EpochLoop:
     heartbeat: Heartbeat
     progress: Progress
     loader: data.Prefetcher
-    writes: BackgroundWriter
-    checkpoints: checkpoint.Checkpointer
+    writes: BackgroundWriter | None  # None on a host that does not write (writes_run)
+    checkpoints: checkpoint.Checkpointer | None
     net: Network
     best: BestWeights
 
@@ -154,17 +185,23 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
         heartbeat.update(state="done", message="complete")
         return
     saved = checkpoint.load_state(run, command.run_id, config.model_config())
-    progress = resume(run, saved)
+    progress = resume(run, saved, tidy=writes_run(config))
     heartbeat.update(epochs_done=progress.epochs_done)
     waits = Waits(run, command, config, heartbeat, child)
-    loader = data.Prefetcher(run, command.run_id, waits.check, config.read_concurrency, config.batch_size)
+    host = data.HostShare(config.host_index, config.hosts)
+    loader = data.Prefetcher(run, command.run_id, waits.check, config.read_concurrency,
+                             config.batch_size // config.hosts, host)
     try:
         if not progress.finished and progress.epochs_done < command.epochs:
             loader.start(progress.epochs_done)  # read while the eval data loads and the model builds
-        meta, eval_data = load_dataset(run, command, waits)
+        meta, eval_data = load_dataset(run, command, waits, host)
         net = build_model(config, command, meta, saved, hardware)
         best = BestWeights(config.export)
         best.restore(run, saved, net.model)
+        if not writes_run(config):
+            train_epochs(EpochLoop(config, run, command, heartbeat, progress, loader, None, None, net, best), eval_data)
+            exported(config, net.model, best, progress)
+            return
         with BackgroundWriter("trainer-writes") as writes:
             checkpoints = checkpoint.Checkpointer(run, on_landed=consumed(run, writes, heartbeat, progress.epochs_done))
             checkpoints.last_epochs_done, checkpoints.last_time = progress.epochs_done, time.monotonic()
@@ -176,7 +213,19 @@ def train(config: Config, run: RunDir, command: Command, heartbeat: Heartbeat, c
                 checkpoints.close(raise_errors=False)
     finally:
         loader.close()
-    finish(loop, meta)
+    finish(loop, meta, exported(config, net.model, best, progress))
+
+
+def exported(config: Config, model, best: BestWeights, progress: Progress) -> tuple:
+    """Puts the weights to export in the model, on every host (with several, setting weights is a
+    collective), and returns BestWeights.choose's answer. With several hosts each logs a checksum
+    of them: equal everywhere (synchronous data parallelism keeps the replicas bit-identical)."""
+    choice = best.choose(model, progress.history)
+    if config.hosts > 1:
+        weights = b"".join(np.ascontiguousarray(w).tobytes() for w in model.get_weights())
+        log.info("trainer host %d of %d: weights CRC32C %08x", config.host_index, config.hosts,
+                 google_crc32c.value(weights))
+    return choice
 
 
 def train_epochs(loop: EpochLoop, eval_data: tuple[np.ndarray, ...]) -> None:
@@ -187,38 +236,41 @@ def train_epochs(loop: EpochLoop, eval_data: tuple[np.ndarray, ...]) -> None:
         if progress.finished:
             break
         examples, waited = data_for(loop, epoch)
-        loop.writes.submit(loop.heartbeat.update, state="training", epoch=epoch, message=None, what="status")
+        report(loop, state="training", epoch=epoch, message=None)
         began = time.monotonic()
-        loss = net.train_epoch(data.blocks(examples.user, examples.item, examples.label, config.batch_size,
-                                           config.steps_per_execution, cast_ids=net.cast_ids))
+        loss, trained = net.train_epoch(examples)
         train_s, began = time.monotonic() - began, time.monotonic()
-        hr, ndcg = evaluation.evaluate(net.score, *eval_data, config.eval_batch_size)
+        hr, ndcg = net.evaluate(*eval_data)
         record = EpochMetrics(epoch=epoch, hr_at_10=hr, ndcg_at_10=ndcg, loss=loss,
-                              examples_per_s=examples.num_examples / train_s, data_wait_s=waited,
-                              train_s=train_s, eval_s=time.monotonic() - began, time=time.time())
+                              examples_per_s=trained / train_s, data_wait_s=waited,
+                              train_s=train_s, eval_s=time.monotonic() - began, time=time.time(),
+                              dropped_examples=examples.epoch_examples - trained)
         eta = (time.monotonic() - loop_started) / (epoch + 1 - first_epoch) * (command.epochs - epoch - 1)
-        log_epoch(record, command.epochs, examples.num_examples, eta)
+        log_epoch(record, command.epochs, trained, eta)
         end_epoch(loop, record)
         loop.best.note(record, net.model)
         del examples
 
 
-def resume(run: RunDir, saved: checkpoint.Saved | None) -> Progress:
-    """The progress a checkpoint records; tidies what a kill between checkpoint and delete left."""
+def resume(run: RunDir, saved: checkpoint.Saved | None, tidy: bool = True) -> Progress:
+    """The progress a checkpoint records; tidies what a kill between checkpoint and delete left
+    (unless the host does not write)."""
     if saved is None:
         return Progress()
     state = saved.state
     log.info("resuming from the checkpoint after epoch %d", state.epochs_done - 1)
-    for epoch in epoch_numbers(run):
+    for epoch in epoch_numbers(run) if tidy else ():
         if epoch < state.epochs_done:
             log.info("deleting epochs/%06d (consumed before the restart)", epoch)
             storage.delete(run.epoch_dir(epoch))
-    write_metrics(run.metrics, state.history)
+    if tidy:
+        write_metrics(run.metrics, state.history)
     return Progress(state.epochs_done, state.finished, state.started, list(state.history))
 
 
-def load_dataset(run: RunDir, command: Command, waits: Waits) -> tuple[DatasetMeta, tuple[np.ndarray, ...]]:
-    """meta.json and the eval data (users, candidate items, mask) from the generator."""
+def load_dataset(run: RunDir, command: Command, waits: Waits,
+                 host: data.HostShare) -> tuple[DatasetMeta, tuple[np.ndarray, ...]]:
+    """meta.json and this host's share of the eval data (users, candidate items, mask) from the generator."""
     waits.wait_for(run.meta, "dataset/meta.json from the generator")
     meta = storage.read_message(run.meta, DatasetMeta, command.run_id)
     command.check_against(meta, run.meta)
@@ -226,52 +278,79 @@ def load_dataset(run: RunDir, command: Command, waits: Waits) -> tuple[DatasetMe
              meta.num_items, meta.num_train)
     waits.wait_for(run.ready(run.eval_dir), "the eval data (dataset/eval/ready.json) from the generator")
     ready = data.read_ready(run.eval_dir, command.run_id, "eval", None)
-    columns = data.read_columns(run.eval_dir, ready, ("user", "items", "mask"))
+    columns = data.read_columns(run.eval_dir, ready, ("user", "items", "mask"), host=host)
     items, mask = columns["items"], columns["mask"]
     if items.ndim != 2 or items.shape[1] != 1 + command.eval_negatives or mask.shape != items.shape:
         raise InvalidInput(f"{run.eval_dir}: items/mask of shape {items.shape}/{mask.shape}, "
                            f"expected [users, {1 + command.eval_negatives}]")
-    log.info("eval data: %d users x %d candidates", *items.shape)
+    log.info("eval data: %d users x %d candidates%s", *items.shape,
+             f" (host {host.index}'s share of {ready.num_examples})" if host.count > 1 else "")
     return meta, (columns["user"], items, mask)
 
 
 def build_model(config: Config, command: Command, meta: DatasetMeta, saved: checkpoint.Saved | None,
-                hardware: strategy.Hardware) -> Network:
-    """NeuMF under the hardware's strategy, restored from the checkpoint if there is one."""
+                hardware: strategy.Hardware | None) -> Network:
+    """NeuMF under the hardware's strategy, or on every host (multihost), restored from the
+    checkpoint if there is one."""
+    if config.hosts > 1:
+        model, train_epoch, evaluate = multihost.build(config, command.seed, meta.num_users, meta.num_items, saved)
+    else:
+        model, train_epoch, evaluate = build_one_host(config, command.seed, meta, saved, hardware)
+    log.info("NeuMF: mf_dim %d, layers %s, %d parameters; batch %d%s, lr %g", config.mf_dim, config.layers,
+             model.count_params(), config.batch_size,
+             f" ({config.batch_size // config.hosts} per host)" if config.hosts > 1 else "", config.learning_rate)
+    return Network(model, train_epoch, evaluate)
+
+
+def build_one_host(config: Config, seed: int, meta: DatasetMeta, saved: checkpoint.Saved | None,
+                   hardware: strategy.Hardware):
+    """One host, TensorFlow: (model, train_epoch, evaluate) as Network takes them."""
     import keras
     import tensorflow as tf
 
     from .model import build_neumf, compile_neumf, epoch_trainer
 
     keras.backend.clear_session()
-    keras.utils.set_random_seed(command.seed)
+    keras.utils.set_random_seed(seed)
     choice, distribution = strategy.setup(config.mixed_precision, hardware)
     with distribution.scope():
         model = compile_neumf(build_neumf(meta.num_users, meta.num_items, config.mf_dim, config.layers, config.l2),
                               config.learning_rate, config.xla, config.adam(), config.warmup_steps)
         if saved is not None:
             checkpoint.restore(model, saved)
-    log.info("NeuMF: mf_dim %d, layers %s, %d parameters; batch %d, lr %g", config.mf_dim, config.layers,
-             model.count_params(), config.batch_size, config.learning_rate)
     score_fn = tf.function(lambda u, i: model((u, i), training=False), jit_compile=config.xla, reduce_retracing=True)
+    train_blocks = epoch_trainer(model, distribution, config.xla)
 
     def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
         if choice.kind in ("tpu", "multi_gpu"):
             return model.predict_on_batch((users.astype(np.int32), items.astype(np.int32)))
         return score_fn(tf.constant(users.astype(np.int32)), tf.constant(items.astype(np.int32))).numpy()
 
-    return Network(model, score, epoch_trainer(model, distribution, config.xla), choice.kind == "tpu")
+    def train_epoch(examples: data.Epoch) -> tuple[float, int]:
+        blocks = data.blocks(examples.user, examples.item, examples.label, config.batch_size,
+                             config.steps_per_execution, cast_ids=choice.kind == "tpu")
+        return train_blocks(blocks), examples.num_examples
+
+    def evaluate(users: np.ndarray, items: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+        return evaluation.evaluate(score, users, items, mask, config.eval_batch_size)
+
+    return model, train_epoch, evaluate
 
 
 def data_for(loop: EpochLoop, epoch: int) -> tuple[data.Epoch, float]:
     """Epoch `epoch`'s examples and the seconds waited for them; starts reading the next one."""
     if not loop.loader.ready(epoch):
-        loop.writes.submit(loop.heartbeat.update, state="waiting", epoch=epoch, message=f"waiting for epoch {epoch}",
-                           what="status")
+        report(loop, state="waiting", epoch=epoch, message=f"waiting for epoch {epoch}")
     examples, waited = loop.loader.get(epoch)
     if epoch + 1 < loop.command.epochs:
         loop.loader.start(epoch + 1)  # read the next epoch while this one trains
     return examples, waited
+
+
+def report(loop: EpochLoop, **fields) -> None:
+    """status/trainer.json's fields, queued behind the writes before them (host 0 alone)."""
+    if loop.writes is not None:
+        loop.writes.submit(loop.heartbeat.update, what="status", **fields)
 
 
 def log_epoch(record: EpochMetrics, epochs: int, examples: int, eta: float) -> None:
@@ -290,7 +369,7 @@ def end_epoch(loop: EpochLoop, record: EpochMetrics) -> None:
     if reached and epochs_done < loop.command.epochs:
         log.info("HR@10 %.4f reached the target %.4f after epoch %d: stopping", record.hr_at_10, config.target_hr,
                  record.epoch)
-    due = checkpoint_due(loop, epochs_done, finished)
+    due = loop.checkpoints is not None and checkpoint_due(loop, epochs_done, finished)
     if due:
         waited = loop.checkpoints.wait()  # at most one checkpoint in flight
         if waited >= 0.01:
@@ -299,6 +378,8 @@ def end_epoch(loop: EpochLoop, record: EpochMetrics) -> None:
         record = dataclasses.replace(record, checkpoint_wait_s=waited)
     progress.history.append(record)
     progress.epochs_done, progress.finished = epochs_done, finished
+    if writes is None:  # a host that does not write: its progress is all it keeps
+        return
     history = list(progress.history)
     writes.submit(write_metrics, loop.run.metrics, history, what="metrics.jsonl")
     writes.submit(tensorboard.write, loop.run, history, progress.started, what="tensorboard")
@@ -332,11 +413,13 @@ def consumed(run: RunDir, writes: BackgroundWriter, heartbeat: Heartbeat, covere
     return landed
 
 
-def finish(loop: EpochLoop, meta: DatasetMeta) -> None:
-    """The exported model, the report, then result.json (the run's completion marker), then done."""
+def finish(loop: EpochLoop, meta: DatasetMeta, choice: tuple) -> None:
+    """The exported model (its weights put in by `exported`), the report, then result.json (the
+    run's completion marker), then done."""
     run, config, command, progress = loop.run, loop.config, loop.command, loop.progress
-    chosen, exported_record, exported_reason = loop.best.choose(loop.net.model, progress.history)
-    export.export(run, loop.net.model, serving.read_ids(run, command.run_id, meta))
+    chosen, exported_record, exported_reason = choice
+    model = multihost.undistributed(loop.net.model) if config.hosts > 1 else loop.net.model
+    export.export(run, model, serving.read_ids(run, command.run_id, meta))
     try:
         from .report import write_report
 

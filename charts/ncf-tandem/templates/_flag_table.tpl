@@ -48,4 +48,5 @@ Each row: flag, its value under the component's values, kind (see "ncf-tandem.fl
 - [--read-concurrency, training.readConcurrency, int]
 - [--checkpoint-every, training.checkpointEvery, int]
 - [--checkpoint-every-minutes, training.checkpointEveryMinutes, number]
+- [--hosts, hosts, int]
 {{- end }}

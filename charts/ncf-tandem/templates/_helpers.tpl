@@ -105,11 +105,36 @@ The helm test pod's own ServiceAccount: the only one whose token is mounted.
 {{- end }}
 
 {{/*
-The JobSet's name. Its Jobs are named <name>-<replicatedJob>-<index>, which
-must fit a 63-character DNS label: "-generator-0" takes 12.
+The JobSet's name. Its Jobs are named <name>-<replicatedJob>-<index> and an
+Indexed Job's pods <job>-<podIndex>-<5 random>, which the JobSet webhook checks
+against a 63-character DNS label: "-generator-0-NN-abcde" takes 21 (shards or
+hosts up to 100).
 */}}
 {{- define "ncf-tandem.jobsetName" -}}
-{{- include "ncf-tandem.fullname" . | trunc 51 | trimSuffix "-" }}
+{{- include "ncf-tandem.fullname" . | trunc 42 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+"true" when several trainer pods train together (trainer.hosts > 1), else "".
+Usage: if include "ncf-tandem.multiHostTrainer" $
+*/}}
+{{- define "ncf-tandem.multiHostTrainer" -}}
+{{- if gt (int64 (default 1 .Values.trainer.hosts)) 1 }}true{{ end }}
+{{- end }}
+
+{{/*
+--coordinator for trainer.hosts > 1: host 0's stable hostname and JAX's
+coordinator port (trainer/hosts.py COORDINATOR_PORT). With DNS hostnames a
+JobSet names pod i of Job j of a replicatedJob
+<jobset>-<replicatedJob>-<j>-<i>, reachable as <hostname>.<subdomain> through
+the headless Service it creates under the subdomain's name (JobSet v0.12.0:
+the CRD's spec.network.enableDNSHostnames; createHeadlessSvcIfNecessary in
+pkg/controllers/jobset_controller.go). jobset.yaml sets the subdomain to the
+JobSet's name, JobSet's own default, made explicit here.
+*/}}
+{{- define "ncf-tandem.trainer.coordinator" -}}
+{{- $jobset := include "ncf-tandem.jobsetName" . }}
+{{- printf "%s-trainer-0-0.%s:8476" $jobset $jobset }}
 {{- end }}
 
 {{/*

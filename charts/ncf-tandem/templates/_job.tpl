@@ -64,6 +64,12 @@ Usage: include "ncf-tandem.trainer.pod" $ | fromYaml
 {{- end }}
 {{- $args := list (printf "--data-dir=%s" .Values.dataDir) }}
 {{- $args = concat $args (include "ncf-tandem.flags" (dict "component" "trainer" "values" $t) | fromYamlArray) }}
+{{- if and (include "ncf-tandem.multiHostTrainer" .) (ne $t.accelerator.preset "tpu") }}
+{{- /* Several hosts: JAX's coordinator is host 0, at its stable JobSet hostname
+       (--host-index comes from JOB_COMPLETION_INDEX). On a TPU slice GKE injects
+       TPU_WORKER_HOSTNAMES, whose first entry is the trainer's default. */ -}}
+{{- $args = append $args (printf "--coordinator=%s" (include "ncf-tandem.trainer.coordinator" .)) }}
+{{- end }}
 {{- if $t.args }}
 {{- $args = $t.args }}
 {{- end }}
@@ -86,6 +92,7 @@ Usage: include "ncf-tandem.trainer.pod" $ | fromYaml
 {{- $_ := set $nodeSelector "cloud.google.com/gke-tpu-topology" $acc.tpu.topology }}
 {{- $tolerations = append $tolerations (dict "key" "google.com/tpu" "operator" "Exists" "effect" "NoSchedule") }}
 {{- $_ := set $devices "google.com/tpu" (int64 $acc.tpu.count) }}
+{{- include "ncf-tandem.trainer.checkTpuHosts" $t }}
 {{- end }}
 {{- if $t.spot }}
 {{- $nodeSelector = mergeOverwrite $nodeSelector (include "ncf-tandem.spotNodeSelector" . | fromYaml) }}
@@ -100,6 +107,23 @@ Usage: include "ncf-tandem.trainer.pod" $ | fromYaml
       "affinity" $t.affinity
       "resources" (include "ncf-tandem.resources" (dict "resources" $t.resources "devices" $devices "what" "trainer.resources") | fromYaml)
       "extraEnv" $extraEnv) }}
+{{- end }}
+
+{{/*
+A TPU slice has one trainer pod per host, each with every chip of its host:
+the topology's chips must be trainer.hosts x tpu.count (v5e 4x4: 4 hosts of 4).
+Usage: include "ncf-tandem.trainer.checkTpuHosts" .Values.trainer
+*/}}
+{{- define "ncf-tandem.trainer.checkTpuHosts" -}}
+{{- $tpu := .accelerator.tpu }}
+{{- $chips := 1 }}
+{{- range splitList "x" $tpu.topology }}
+{{- $chips = mul $chips (int64 .) }}
+{{- end }}
+{{- $hosts := int64 (default 1 .hosts) }}
+{{- if ne (int64 $chips) (mul $hosts (int64 $tpu.count)) }}
+{{- fail (printf "trainer.accelerator.tpu: topology %s has %d chips, but trainer.hosts (%d) x tpu.count (%d) is %d: expected one trainer pod per host of the slice, each with all of its chips" $tpu.topology (int64 $chips) $hosts (int64 $tpu.count) (mul $hosts (int64 $tpu.count))) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -136,16 +160,31 @@ applies) and no suspend (the JobSet is what Kueue suspends).
 # Kueue starts it once admitted.
 suspend: true
 {{- end }}
-{{- $shards := int64 (default 1 (and (eq .name "generator") $c.shards)) }}
-{{- if gt $shards 1 }}
-# One pod per index: pod i makes the slices s with s mod {{ $shards }} = i (its
+{{- /* The generator's shards or the trainer's hosts: one pod each. */ -}}
+{{- $pods := int64 (default 1 (get (dict "generator" $c.shards "trainer" $c.hosts) .name)) }}
+{{- if gt $pods 1 }}
+{{- if eq .name "generator" }}
+# One pod per index: pod i makes the slices s with s mod {{ $pods }} = i (its
 # --shard is JOB_COMPLETION_INDEX). A failed pod is recreated for its index
 # alone, up to backoffLimitPerIndex times; the Job fails only when one index
 # runs out of them, so the other pods (and a JobSet's trainer) keep running.
+{{- else }}
+# One pod per host: pod i is trainer host i (--host-index from
+# JOB_COMPLETION_INDEX), with the stable hostname <job>-<i> in the JobSet. A
+# failed pod is recreated for its index alone, up to backoffLimitPerIndex
+# times, with the same hostname; the other hosts' collectives fail with it,
+# they exit and are recreated too, and all resume from the last checkpoint.
+# The Job does not fail, so the JobSet restarts nothing: the generator runs on.
+# An index out of retries fails the Job at once (maxFailedIndexes 0): the
+# other hosts cannot train without it.
+{{- end }}
 completionMode: Indexed
-completions: {{ $shards }}
-parallelism: {{ $shards }}
+completions: {{ $pods }}
+parallelism: {{ $pods }}
 backoffLimitPerIndex: {{ int64 $c.job.backoffLimit }}
+{{- if eq .name "trainer" }}
+maxFailedIndexes: 0
+{{- end }}
 {{- else }}
 backoffLimit: {{ int64 $c.job.backoffLimit }}
 {{- end }}
