@@ -114,11 +114,13 @@ def measure_writer(dataset, args, scratch: Path) -> tuple[Timing, list[tuple[Tim
         first = ours(0)
         floor = floor_like(listings[0], dataset.num_items, scratch / "floor")
         for epoch in range(1, args.epochs):
-            if epoch % 2:
-                rounds.append((ours(epoch), settled(floor, scratch / "floor")))
+            if epoch % 2:  # ABBA: the side that goes first alternates
+                mine = ours(epoch)
+                base = settled(floor, scratch / "floor")
             else:
-                floor_first = settled(floor, scratch / "floor")
-                rounds.append((ours(epoch), floor_first))
+                base = settled(floor, scratch / "floor")
+                mine = ours(epoch)
+            rounds.append((mine, base))
     return first, rounds, listings[0]
 
 
