@@ -10,7 +10,8 @@ One epoch is made in two stages over a shared buffer of packed examples
 2. Bins (about BIN_EXAMPLES examples, also cache-sized). A part is a run of
    consecutive bins, each shuffled and unpacked into the part's columns; then written.
 
-The loops over examples are compiled (generator.kernels).
+The loops over examples are compiled (generator.kernels). The multinomial cut is the one
+serial step; the next slice's is drawn on a thread of its own while this one is sampled.
 
 Uploads to a bucket are decoupled from sampling (protocol.uploads; on local disk a part
 is written at once by the worker that made it): a finished part goes to `upload_concurrency` upload
@@ -169,6 +170,9 @@ class EpochWriter:
         self._buffer = np.empty(max(layout.num_examples for layout in self.layouts.values()), np.uint64)
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="epoch") if workers > 1 else None
         self._uploads = Uploads(upload_concurrency)
+        # The next (epoch, slice)'s split, drawn while this one is sampled (see _split).
+        self._splitter = ThreadPoolExecutor(1, thread_name_prefix="split")
+        self._next_split: tuple[tuple[int, int], Future] | None = None
         self.queued_parts = 2 * upload_concurrency
         self._slots = threading.BoundedSemaphore(self.queued_parts)
 
@@ -188,19 +192,23 @@ class EpochWriter:
         if self._threads is not None:
             self._threads.shutdown(wait=True, cancel_futures=True)
             self._threads = None
+        self._splitter.shutdown(wait=True, cancel_futures=True)
         self._uploads.shutdown()
 
     def write(self, epoch: int, folder: str, slice_index: int = 0) -> list[PartInfo]:
         """Samples, shuffles and writes epoch `epoch` (its slice slice_index) as parts under
-        folder; returns their listing once every part has landed."""
-        return self.start(epoch, folder, slice_index).result()
+        folder; returns their listing once every part has landed and nothing runs in the
+        background (the next split is drawn: whatever the caller times next is not slowed)."""
+        listing = self.start(epoch, folder, slice_index).result()
+        self._next_split[1].result()
+        return listing
 
     def start(self, epoch: int, folder: str, slice_index: int = 0) -> EpochUpload:
         """Samples and shuffles epoch `epoch`'s slice slice_index and queues its parts' uploads;
         returns when the buffer is free for the next slice (uploads may still be in flight)."""
         piece, layout = self.slices[slice_index], self.layouts[slice_index]
         key = functools.partial(stream_key, self.seed, epoch, slice_index=slice_index)
-        split = EpochSplit.draw(layout, key(SPLIT))
+        split = self._split(epoch, slice_index)
         chunk_streams = kernels.streams(np.random.SeedSequence(key(NEGATIVES)), layout.num_chunks)
         indptr = piece.dataset.indptr
         self._map(self._fill_chunk, [(piece, indptr, layout.chunk_users[c:c + 2], chunk_streams[c],
@@ -213,6 +221,31 @@ class EpochWriter:
              storage.join(folder, RunDir.part_name(piece.first_part + p)))
             for p in range(layout.num_parts)
         ]))
+
+    def _split(self, epoch: int, slice_index: int) -> EpochSplit:
+        """The split of (epoch, slice_index), then the next one's draw begun in the background.
+
+        The multinomial draw is serial (a tenth of an epoch's time on two workers) but numpy
+        releases the GIL for it, so the one for what comes next overlaps this one's sampling. It
+        comes from its own stream, so a guess that misses (a restart, slices made out of order)
+        costs time, never bytes."""
+        ahead, self._next_split = self._next_split, None
+        if ahead is not None and ahead[0] == (epoch, slice_index):
+            split = ahead[1].result()
+        else:
+            split = self._draw_split(epoch, slice_index)
+        following = self._following(epoch, slice_index)
+        self._next_split = (following, self._splitter.submit(self._draw_split, *following))
+        return split
+
+    def _draw_split(self, epoch: int, slice_index: int) -> EpochSplit:
+        return EpochSplit.draw(self.layouts[slice_index], stream_key(self.seed, epoch, SPLIT, slice_index))
+
+    def _following(self, epoch: int, slice_index: int) -> tuple[int, int]:
+        """What is made after (epoch, slice_index): this epoch's next slice of this writer, or the next epoch's first."""
+        order = list(self.slices)
+        at = order.index(slice_index) + 1
+        return (epoch, order[at]) if at < len(order) else (epoch + 1, order[0])
 
     def _map(self, function, tasks: list[tuple]) -> list:
         if self._threads is None:
