@@ -137,13 +137,14 @@ def write_eval(run: RunDir, command: Command, slicing: Slicing, pieces: list[Epo
     started = time.monotonic()
     first_parts = np.cumsum([0, *evaldata.parts_per_slice(slicing.users, command)])
     todo = [piece for piece in pieces if not slices.made(folder, [piece.index])]
+    published = False
     for piece in todo:
         listing = evaldata.write_slice(run, piece.dataset, piece.first_user, int(first_parts[piece.index]), command)
-        slices.publish(folder, Ready(run_id=command.run_id, kind="eval", epoch=None,
-                                     num_examples=piece.dataset.num_users, parts=listing, slice=piece.index),
-                       command.slices)
-    # A pod killed between its last manifest and ready.json leaves it to whoever comes next.
-    slices.complete(folder, command.run_id, "eval", None, command.slices)
+        published = slices.publish(folder, Ready(run_id=command.run_id, kind="eval", epoch=None,
+                                                 num_examples=piece.dataset.num_users, parts=listing,
+                                                 slice=piece.index), command.slices)
+    if not published:  # a pod killed between its last manifest and ready.json leaves it to whoever comes next
+        slices.complete(folder, command.run_id, "eval", None, command.slices)
     users = sum(piece.dataset.num_users for piece in todo)
     log.info("eval data: %s users x %d candidates (%s mode) in %.1f s", f"{users:,}",
              1 + command.eval_negatives, command.eval_mode, time.monotonic() - started)
