@@ -299,8 +299,11 @@ def test_status_never_writes_to_the_run(run_url, cli_env):
 
 
 def start_watch(env, url: str, output: Path, *args: str) -> subprocess.Popen:
+    # Ctrl-C as in a terminal, even when the suite itself runs as a background job (whose
+    # children inherit SIGINT ignored, which Python then keeps).
     return subprocess.Popen([sys.executable, "-m", "runstatus", url, "--watch", "0.2", *args],
-                            cwd=REPO, env=env, stdout=output.open("w"), stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=output.open("w"), stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_screens(output: Path, marker: str, count: int, timeout: float = 30) -> None:
