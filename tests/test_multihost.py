@@ -4,13 +4,17 @@ are not here: the same code runs on them with JAX's own collectives."""
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 
-from protocol import PartInfo, Ready, Result, RunDir, storage
+from protocol import PartInfo, PeerError, Ready, Result, RunDir, storage
 from testkit.builders import metrics
 from testkit.hosts import MULTIHOST, trainer_hosts, weights_checksum
 from testkit.jobs import generator, trainer, wait_until
 from trainer.data import HostShare, placement
+from trainer.hosts import join
 
 
 def ready_of(part_sizes: list[int], slices: list[int]) -> Ready:
@@ -89,3 +93,23 @@ def test_a_host_killed_mid_epoch_fails_the_others_and_both_resume_from_the_check
     assert [m.epoch for m in metrics(run_url)][:len(done_before)] == done_before
     assert all("resuming from the checkpoint" in job.log for job in (host0, host1))
     assert weights_checksum(host0.log) == weights_checksum(host1.log)
+
+
+def test_a_host_restarted_while_an_old_service_holds_the_port_keeps_trying_until_its_timeout():
+    # What a restarted host meets when its peers' previous attempt still runs: JAX's gRPC service
+    # on the coordinator port, answering with bytes that are not ours. It must not give up at once
+    # (each early exit would use up one of the Job's retries), only at --start-timeout.
+    answers = []
+
+    def old_service(server: socket.socket) -> None:
+        while True:
+            peer, _ = server.accept()
+            answers.append(peer.recv(64))
+            peer.sendall(b"\x00\x00\x12\x04\x00")  # the start of an HTTP/2 frame
+            peer.close()
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        threading.Thread(target=old_service, args=(server,), daemon=True).start()
+        with pytest.raises(PeerError, match="trainer host 0 did not answer at .* within --start-timeout 2 s"):
+            join(2, 1, f"127.0.0.1:{server.getsockname()[1]}", 2)
+    assert len(answers) >= 2 and all(a.startswith(b"ncf-trainer-host 1 2") for a in answers)

@@ -102,23 +102,31 @@ def _gather(count: int, port: int, deadline: float, coordinator: str, timeout: f
 def _check_in(count: int, index: int, address: tuple[str, int], deadline: float, coordinator: str,
               timeout: float) -> None:
     while True:
-        try:
-            with socket.create_connection(address, timeout=max(0.01, deadline - time.monotonic())) as host0:
-                host0.sendall(f"{HELLO} {index} {count}\n".encode())
-                host0.settimeout(max(0.01, deadline - time.monotonic()) + 5)  # host 0 answers at its deadline
-                answer = _read_line(host0)
-            break
-        except OSError:  # not listening yet (DNS or the pod still starting), or reset
-            if time.monotonic() >= deadline:
-                raise PeerError(f"trainer host 0 did not answer at {coordinator} within --start-timeout "
-                                f"{timeout:g} s (this is host {index} of {count})") from None
-            time.sleep(0.5)
-    word, _, rest = answer.partition(" ")
-    if word == MISSING:
-        raise PeerError(f"trainer host(s) {_names(rest.split(','))} of {count} never joined host 0 at "
-                        f"{coordinator} within --start-timeout {timeout:g} s")
-    if word != GO:
-        raise PeerError(f"trainer host 0 at {coordinator} refused host {index}: {rest or answer!r}")
+        word, _, rest = _ask(address, f"{HELLO} {index} {count}\n", deadline).partition(" ")
+        if word == GO:
+            return
+        if word == MISSING:
+            raise PeerError(f"trainer host(s) {_names(rest.split(','))} of {count} never joined host 0 at "
+                            f"{coordinator} within --start-timeout {timeout:g} s")
+        if word == REFUSED:
+            raise PeerError(f"trainer host 0 at {coordinator} refused host {index}: {rest}")
+        # No answer of ours: host 0 is not listening yet (DNS, the pod still starting), or an earlier
+        # attempt's JAX service still holds the port until its own host 0 fails and restarts.
+        if time.monotonic() >= deadline:
+            raise PeerError(f"trainer host 0 did not answer at {coordinator} within --start-timeout "
+                            f"{timeout:g} s (this is host {index} of {count})")
+        time.sleep(0.5)
+
+
+def _ask(address: tuple[str, int], hello: str, deadline: float) -> str:
+    """Host 0's one-line answer to hello ("" if none came)."""
+    try:
+        with socket.create_connection(address, timeout=max(0.01, deadline - time.monotonic())) as host0:
+            host0.sendall(hello.encode())
+            host0.settimeout(max(0.01, deadline - time.monotonic()) + 5)  # host 0 answers at its deadline
+            return _read_line(host0)
+    except OSError:
+        return ""
 
 
 def _read_line(peer: socket.socket) -> str:
