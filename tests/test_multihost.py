@@ -113,3 +113,17 @@ def test_a_host_restarted_while_an_old_service_holds_the_port_keeps_trying_until
         with pytest.raises(PeerError, match="trainer host 0 did not answer at .* within --start-timeout 2 s"):
             join(2, 1, f"127.0.0.1:{server.getsockname()[1]}", 2)
     assert len(answers) >= 2 and all(a.startswith(b"ncf-trainer-host 1 2") for a in answers)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--hosts", "2"], "--coordinator: expected HOST:PORT of host 0's coordination service"),
+    (["--hosts", "2", "--coordinator", "host-0"], "--coordinator: expected HOST:PORT, got 'host-0'"),
+    (["--hosts", "2", "--coordinator", "h:1", "--host-index", "2"], "--host-index: expected 0..1 (--hosts 2), got 2"),
+    (["--hosts", "3", "--coordinator", "h:1", "--batch-size", "1024"], "--batch-size: expected a multiple of --hosts 3"),
+])
+def test_host_flags_that_cannot_work_are_refused_before_anything_starts(flags, expected, capsys):
+    from trainer.config import parse_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--data-dir", "/nowhere", "--dataset", "ml-100k", *flags])
+    assert exit_.value.code == 2 and expected in capsys.readouterr().err

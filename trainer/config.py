@@ -40,7 +40,7 @@ from protocol.defaults import (HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S, PERMISSION_
 from protocol.flags import flag
 from protocol.messages import DATASETS, SYNTHETIC_SCALE_MIN, DatasetName, EvalMode, ExportMode
 
-from .hosts import COORDINATOR_PORT, default_coordinator, default_count, default_index
+from .hosts import COORDINATOR_PORT, default_coordinator, default_count, default_index, split_address
 from .strategy import Accelerator
 
 MLPERF_ADAM = dict(adam_beta_1=0.9, adam_beta_2=0.999, adam_epsilon=1e-8)  # the MLPerf reference's Adam
@@ -241,6 +241,8 @@ def check_hosts(p: Parser, values: dict[str, Any]) -> None:
         p.error(f"--host-index: expected 0..{count - 1} (--hosts {count}), got {values['host_index']}")
     if count > 1 and not values["coordinator"]:
         p.error("--coordinator: expected HOST:PORT of host 0's coordination service with --hosts > 1, got none")
+    if values["coordinator"] and not split_address(values["coordinator"]):
+        p.error(f"--coordinator: expected HOST:PORT, got {values['coordinator']!r}")
     if values["batch_size"] % count:
         p.error(f"--batch-size: expected a multiple of --hosts {count} (the batch is global), "
                 f"got {values['batch_size']}")

@@ -44,9 +44,13 @@ class HostShare(NamedTuple):
     index: int
     count: int
 
+    def ranges(self, slice_sizes: list[int]) -> list[tuple[int, int]]:
+        """This host's examples [start, stop) of each slice."""
+        return [share(n, self.index, self.count) for n in slice_sizes]
+
     def sizes(self, slice_sizes: list[int]) -> list[int]:
         """This host's number of examples of each slice."""
-        return [stop - start for start, stop in (share(n, self.index, self.count) for n in slice_sizes)]
+        return [stop - start for start, stop in self.ranges(slice_sizes)]
 
 
 ONE_HOST = HostShare(0, 1)
@@ -65,6 +69,9 @@ def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int
     allocate = threading.Lock()
 
     def one(index: int) -> None:
+        runs = part_runs(index)
+        if not runs:  # none of the part's examples are this host's: not read
+            return
         info = ready.parts[index]
         url = storage.join(folder, info.name)
         columns = parts.read(url, info)
@@ -79,12 +86,11 @@ def read_columns(folder: str, ready: Ready, names: tuple[str, ...], threads: int
             if source.dtype != target.dtype or source.shape[1:] != target.shape[1:]:
                 raise CorruptData(f"{folder}: column {name!r} differs across parts ({source.dtype}{list(source.shape[1:])}"
                                   f" in {info.name}, {target.dtype}{list(target.shape[1:])} in another)")
-            for run in part_runs(index):
+            for run in runs:
                 target[run.target:run.target + run.count] = source[run.source:run.source + run.count]
 
-    needed = [k for k in range(len(ready.parts)) if part_runs(k)]
-    with ThreadPoolExecutor(max(1, min(threads, len(needed))), thread_name_prefix="read") as pool:
-        list(pool.map(one, needed))
+    with ThreadPoolExecutor(max(1, min(threads, len(ready.parts))), thread_name_prefix="read") as pool:
+        list(pool.map(one, range(len(ready.parts))))
     return out
 
 
@@ -95,8 +101,8 @@ def placement(ready: Ready, batch_size: int | None, host: HostShare = ONE_HOST) 
     batch_size and several slices they are interleaved (Interleave); otherwise laid out in the
     order of the parts."""
     slice_sizes = ready.slice_sizes()
-    ranges = [share(n, host.index, host.count) for n in slice_sizes]
-    local = host.sizes(slice_sizes)
+    ranges = host.ranges(slice_sizes)
+    local = [high - low for low, high in ranges]
     interleave = Interleave.of(local, batch_size) if batch_size else None
     slice_starts, local_starts = np.cumsum([0, *slice_sizes]), np.cumsum([0, *local])
     part_starts = np.cumsum([0, *(info.num_examples for info in ready.parts)])
@@ -195,7 +201,6 @@ class Epoch:
     label: np.ndarray
     smallest_share: int  # the fewest examples any host has (all of them with one host)
     epoch_examples: int  # of every host
-
 
     @property
     def num_examples(self) -> int:

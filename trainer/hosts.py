@@ -17,7 +17,7 @@ import os
 import socket
 import time
 
-from protocol.errors import InvalidInput, PeerError
+from protocol.errors import PeerError
 
 log = logging.getLogger("ncf.trainer")
 
@@ -50,11 +50,10 @@ def share(size: int, index: int, count: int) -> tuple[int, int]:
     return size * index // count, size * (index + 1) // count
 
 
-def split_address(address: str) -> tuple[str, int]:
+def split_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of HOST:PORT (an IPv6 host in brackets), or None if it is not that."""
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise InvalidInput(f"--coordinator: expected HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
+    return (host.strip("[]"), int(port)) if host and port.isdigit() else None
 
 
 def join(count: int, index: int, coordinator: str, timeout: float) -> None:
@@ -74,7 +73,8 @@ def join(count: int, index: int, coordinator: str, timeout: float) -> None:
 def _gather(count: int, port: int, deadline: float, coordinator: str, timeout: float) -> None:
     joined: dict[int, socket.socket] = {}
     dual = socket.has_dualstack_ipv6()  # IPv4-only pods have no AF_INET6
-    with socket.create_server(("", port), family=socket.AF_INET6 if dual else socket.AF_INET, dualstack_ipv6=dual) as server:
+    family = socket.AF_INET6 if dual else socket.AF_INET
+    with socket.create_server(("", port), family=family, dualstack_ipv6=dual) as server:
         while len(joined) < count - 1 and time.monotonic() < deadline:
             server.settimeout(max(0.01, min(1.0, deadline - time.monotonic())))
             try:
@@ -82,7 +82,11 @@ def _gather(count: int, port: int, deadline: float, coordinator: str, timeout: f
             except TimeoutError:
                 continue
             peer.settimeout(5)
-            hello = _read_line(peer).split()
+            try:
+                hello = _read_line(peer).split()
+            except OSError:  # a stranger that says nothing, or hangs up
+                peer.close()
+                continue
             if len(hello) == 3 and hello[0] == HELLO and hello[2] == str(count) and hello[1].isdigit():
                 joined[int(hello[1])] = peer
             else:  # a host started with other --hosts, or a stranger on the port

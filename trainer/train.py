@@ -259,11 +259,11 @@ def resume(run: RunDir, saved: checkpoint.Saved | None, tidy: bool = True) -> Pr
         return Progress()
     state = saved.state
     log.info("resuming from the checkpoint after epoch %d", state.epochs_done - 1)
-    for epoch in epoch_numbers(run) if tidy else ():
-        if epoch < state.epochs_done:
-            log.info("deleting epochs/%06d (consumed before the restart)", epoch)
-            storage.delete(run.epoch_dir(epoch))
     if tidy:
+        for epoch in epoch_numbers(run):
+            if epoch < state.epochs_done:
+                log.info("deleting epochs/%06d (consumed before the restart)", epoch)
+                storage.delete(run.epoch_dir(epoch))
         write_metrics(run.metrics, state.history)
     return Progress(state.epochs_done, state.finished, state.started, list(state.history))
 
